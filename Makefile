@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each builds .venv from requirements.txt when it is missing or stale.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED ?= False
+export EVALKIT_PROGRESS ?= 1
+
+.PHONY: venv demo test test-slow lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt > $(VENV)/pip.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/pip.log; exit 1; }
+	$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; exit 1; }
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m evalkit shapes make --n 500 --seed 0 --out runs/demo/shapes
+	$(BIN)/python -m evalkit oracle --images runs/demo/shapes --json runs/demo/oracle.json
+
+test: $(STAMP)
+	EVALKIT_PROGRESS=0 $(BIN)/python -m pytest -q -x --timeout 900
+
+test-slow: $(STAMP)
+	EVALKIT_PROGRESS=0 $(BIN)/python -m pytest -q -m slow --timeout 7200
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_metrics.py
+
+clean:
+	rm -rf runs .pytest_cache
