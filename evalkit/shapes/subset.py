@@ -60,8 +60,9 @@ def write_subset(samples: Iterable[Sample], out: str | Path, size: int = 64, sha
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, min(start + shard_size, len(samples))):
                 key = cols["key"][i]
-                meta = {k: cols[k][i] for k in ("key", "caption", "width", "height", "category", "split")}
-                meta["spec"], meta["scene"], meta["status"] = json.loads(cols["spec"][i]), json.loads(cols["scene"][i]), "success"
+                # spec/scene stay JSON strings: nested nulls break datasets' type inference
+                meta = {k: cols[k][i] for k in ("key", "caption", "width", "height", "category", "split", "spec", "scene")}
+                meta["status"] = "success"
                 _tar_member(tar, f"{key}.png", cols["image"][i])
                 _tar_member(tar, f"{key}.txt", cols["caption"][i].encode())
                 _tar_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())

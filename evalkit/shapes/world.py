@@ -305,8 +305,10 @@ def sample(
     seed: int = 0,
     split: str = "train",
     categories: dict[str, float] | list[str] | None = None,
+    start: int = 0,
 ) -> list[Sample]:
-    """``n`` samples, a pure function of (n, seed, split, categories).
+    """Samples ``start .. start+n-1`` of the stream (seed, split); sample i depends on i alone,
+    so training can resume mid-stream.
 
     >>> [s.key for s in sample(2, seed=0)]
     ['train-0-000000', 'train-0-000001']
@@ -321,7 +323,7 @@ def sample(
             raise ValueError(f"unknown category {c!r}; expected one of {', '.join(CATEGORIES)}")
     names, weights = list(mix), list(mix.values())
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         rng = random.Random(f"{seed}/{_SPLIT_STREAM[split]}/{i}")
         spec = sample_spec(rng, rng.choices(names, weights)[0], split)
         out.append(Sample(f"{split}-{seed}-{i:06d}", caption_for(spec, rng), spec, scene_for(spec, rng), split))
@@ -330,3 +332,74 @@ def sample(
 
 def with_category(spec: PromptSpec, category: str) -> PromptSpec:
     return replace(spec, category=category)
+
+
+def scene_relation(scene: Scene, a: int = 0, b: int = 1, margin: float = 0.1) -> str | None:
+    """The relation of object a to object b if one axis clearly dominates, else None."""
+    oa, ob = scene.objects[a], scene.objects[b]
+    dx, dy = ob.x - oa.x, ob.y - oa.y
+    if abs(dx) >= 0.18 and abs(dx) >= abs(dy) + margin:
+        return "left of" if dx > 0 else "right of"
+    if abs(dy) >= 0.18 and abs(dy) >= abs(dx) + margin:
+        return "above" if dy > 0 else "below"
+    return None
+
+
+def describe(scene: Scene, rng: random.Random, p_keep: float = 0.7) -> PromptSpec:
+    """A true prompt spec for ``scene`` that states each optional attribute with probability ``p_keep``
+    (shape and count always): captions of varied detail for contrastive training."""
+    keep = lambda v: v if rng.random() < p_keep else None  # noqa: E731
+    first = scene.objects[0]
+    bg = keep(scene.background)
+    if all((o.shape, o.color, o.size) == (first.shape, first.color, first.size) for o in scene.objects):
+        obj = ObjectSpec(first.shape, keep(first.color), keep(first.size), len(scene.objects))
+        return PromptSpec("counting" if obj.count > 1 else "single_object", (obj,), bg)
+    objs = tuple(ObjectSpec(o.shape, keep(o.color), keep(o.size)) for o in scene.objects[:2])
+    rel = scene_relation(scene)
+    if rel and rng.random() < p_keep:
+        return PromptSpec("position", objs, bg, (0, rel, 1))
+    return PromptSpec("two_object", objs, bg)
+
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def perturb(spec: PromptSpec, rng: random.Random) -> PromptSpec | None:
+    """A false spec that differs from ``spec`` in one stated attribute (color, shape, size,
+    background, count, relation, or swapped color binding): a hard negative. None if nothing to change."""
+    options: list[str] = ["shape"]
+    if spec.background:
+        options.append("background")
+    if any(o.color for o in spec.objects):
+        options.append("color")
+    if any(o.size for o in spec.objects):
+        options.append("size")
+    if len(spec.objects) == 1:
+        options.append("count")
+    if spec.relation:
+        options += ["relation", "relation"]
+    if len(spec.objects) == 2 and all(o.color for o in spec.objects) and spec.objects[0].color != spec.objects[1].color:
+        options.append("binding")
+    kind = rng.choice(options)
+    objs = list(spec.objects)
+    i = rng.randrange(len(objs))
+    if kind == "background":
+        return replace(spec, background=rng.choice([b for b in BACKGROUNDS if b != spec.background]))
+    if kind == "relation":
+        a, rel, b = spec.relation  # type: ignore[misc]
+        return replace(spec, relation=(a, rng.choice([r for r in RELATIONS if r != rel]), b))
+    if kind == "binding":
+        c0, c1 = objs[0].color, objs[1].color
+        objs = [replace(objs[0], color=c1), replace(objs[1], color=c0)]
+    elif kind == "count":
+        objs[0] = replace(objs[0], count=rng.choice([c for c in COUNT_WORDS if c != objs[0].count]))
+    elif kind == "color":
+        i = rng.choice([k for k, o in enumerate(objs) if o.color])
+        objs[i] = replace(objs[i], color=rng.choice([c for c in COLORS if c != objs[i].color]))
+    elif kind == "size":
+        i = rng.choice([k for k, o in enumerate(objs) if o.size])
+        objs[i] = replace(objs[i], size=rng.choice([z for z in SIZES if z != objs[i].size]))
+    else:
+        others = {o.shape for o in objs}
+        objs[i] = replace(objs[i], shape=rng.choice([s for s in SHAPES if s not in others]))
+    return replace(spec, objects=tuple(objs))

@@ -1,0 +1,114 @@
+"""What every zoo training run shares: configs, batches that are a pure function of
+the step (so resuming is exact), checkpoints, a JSONL loss log and a cosine LR schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..errors import UserError
+from ..shapes.render import render
+from ..shapes.world import Sample, sample
+from ..utils import atomic_write_text
+from . import TRAIN_DIR, ZOO_DIR
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "zoo"
+
+
+def load_config(name: str, path: str | None = None) -> dict[str, Any]:
+    path = Path(path) if path else CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    cfg.setdefault("name", name)
+    return cfg
+
+
+def dirs(name: str, out_dir: str | None, work_dir: str | None) -> tuple[Path, Path]:
+    out = Path(out_dir) if out_dir else ZOO_DIR / name
+    work = Path(work_dir) if work_dir else TRAIN_DIR / name
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work
+
+
+def batch_samples(step: int, batch_size: int, seed: int, split: str = "train") -> list[Sample]:
+    """Training batch ``step``: samples [step*B, (step+1)*B) of the seeded stream."""
+    return sample(batch_size, seed=seed, split=split, start=step * batch_size)
+
+
+def images_to_tensor(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
+    """PIL RGB images -> normalized float tensor [B, 3, H, W]."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def render_batch(samples: list[Sample], size: int) -> list:
+    return [render(s.scene, size) for s in samples]
+
+
+def step_rng(seed: int, step: int, salt: str = "") -> random.Random:
+    return random.Random(f"{seed}/{step}/{salt}")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int, final_frac: float = 0.1) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save_checkpoint(work: Path, state: dict[str, Any]) -> None:
+    """Atomic: a run killed while saving keeps the previous checkpoint."""
+    tmp = work / "ckpt.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, work / "ckpt.pt")
+
+
+def load_checkpoint(work: Path) -> dict[str, Any] | None:
+    path = work / "ckpt.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+class TrainLog:
+    """Appends one JSON line per logged step; the CPU time of earlier sessions carries over."""
+
+    def __init__(self, work: Path, cpu_seconds: float = 0.0):
+        self.path = work / "log.jsonl"
+        self.cpu0 = cpu_seconds
+        self.t0 = time.process_time()
+
+    def cpu_seconds(self) -> float:
+        return self.cpu0 + time.process_time() - self.t0
+
+    def write(self, **row: Any) -> None:
+        row = {"time": round(time.time(), 1), "cpu_s": round(self.cpu_seconds(), 1), **row}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept")
