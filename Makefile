@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m evalkit oracle --images runs/demo/shapes --json runs/demo/oracle.json
 
 test: $(STAMP)
-	EVALKIT_PROGRESS=0 $(BIN)/python -m pytest -q -x --timeout 900
+	EVALKIT_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --timeout 900
 
 test-slow: $(STAMP)
 	EVALKIT_PROGRESS=0 $(BIN)/python -m pytest -q -m slow --timeout 7200

@@ -12,23 +12,33 @@ import sys
 
 from .errors import UserError
 
-# name -> module holding add_parser(subparsers) and run(args)
-COMMANDS: dict[str, str] = {
-    "shapes": "evalkit.shapes.cli",
-    "oracle": "evalkit.shapes.oracle_cli",
+# name -> (module holding add_parser(subparsers) and the command's func, one-line help).
+# Only the chosen command's module is imported, so `--help` and light commands start fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shapes": ("evalkit.shapes.cli", "the embedded shapes world"),
+    "oracle": ("evalkit.shapes.oracle_cli", "check images against their prompts (shapes world)"),
+    "generate": ("evalkit.generators.cli", "generate images for a prompt set into a folder (resumable)"),
+    "score": ("evalkit.score", "score generated images against a reference set"),
+    "run": ("evalkit.runner", "run an evaluation recipe (resumable)"),
+    "leaderboard": ("evalkit.leaderboard", "rank generators from the results database"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evalkit", description="Evaluate text-to-image generators.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in COMMANDS.items():
-        importlib.import_module(module).add_parser(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

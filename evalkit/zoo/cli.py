@@ -11,6 +11,12 @@ from ..errors import UserError
 # model name -> module with ``train(config: dict, resume: bool, out_dir, work_dir)``
 MODELS: dict[str, str] = {
     "judge": "evalkit.zoo.judge",
+    "text-encoder": "evalkit.zoo.textenc",
+    "diffusion-vae": "evalkit.zoo.vae",
+    "diffusion": "evalkit.zoo.diffusion",
+    "vq": "evalkit.zoo.vq",
+    "masked": "evalkit.zoo.masked",
+    "autoregressive": "evalkit.zoo.autoregressive",
 }
 
 

@@ -1,0 +1,234 @@
+"""``generate_to_folder``: N images per prompt as PNGs plus ``manifest.jsonl``, batched and resumable.
+
+The runner, the UI and ``python -m evalkit generate`` all call this. Each image is written atomically,
+then its manifest row is appended and fsynced, so after a kill every row points at a complete image.
+On a rerun, rows whose image still exists with the recorded sha256 are reused; a torn last line,
+missing or altered images are dropped from the manifest and regenerated. Rows made with another
+generator, params or seed for the same image id are an error, never silently mixed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.prompts import Prompt, PromptSet
+from ..errors import UserError
+from ..utils import atomic_write_bytes, progress, sha256_bytes
+from .base import Generator
+from .manifest import MANIFEST_NAME, ManifestAppender, png_bytes, read_manifest, rewrite_manifest, row_file_ok
+
+LOCK_NAME = ".generate.lock"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def derive_seed(seed: int, prompt_index: int, image_index: int) -> int:
+    """The seed of image ``image_index`` of prompt ``prompt_index`` under run seed ``seed``: a 32-bit hash, so
+    raising N or adding prompts never changes the seeds (hence the images) already made.
+
+    >>> derive_seed(0, 0, 0) == derive_seed(0, 0, 0) != derive_seed(0, 0, 1)
+    True
+    """
+    digest = hashlib.sha256(f"evalkit-seed/{int(seed)}/{int(prompt_index)}/{int(image_index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def image_file_name(prompt_id: str, image_index: int) -> str:
+    """A file-system-safe, collision-free PNG name for image ``image_index`` of a prompt id."""
+    safe = _UNSAFE.sub("_", prompt_id).lstrip(".")[:80] or "prompt"
+    if safe != prompt_id:
+        safe += "-" + hashlib.sha256(prompt_id.encode()).hexdigest()[:8]
+    return f"{safe}_{image_index:03d}.png"
+
+
+def as_prompts(prompts: str | PromptSet | Sequence[Prompt | str]) -> list[Prompt]:
+    """A prompt-set spec (``evalkit.data.prompts.load_prompts``), a PromptSet, Prompts or plain strings
+    (ids ``prompt-00000``, ...)."""
+    if isinstance(prompts, str):
+        from ..data.prompts import load_prompts
+
+        return list(load_prompts(prompts).prompts)
+    items = list(prompts)
+    return [p if isinstance(p, Prompt) else Prompt(f"prompt-{i:05d}", str(p)) for i, p in enumerate(items)]
+
+
+@dataclass
+class FolderResult:
+    """What ``generate_to_folder`` did. ``rows`` are the manifest rows of the requested images, in
+    prompt order then image order; ``dropped`` counts stale manifest rows removed, by reason."""
+
+    out: Path
+    manifest: Path
+    generated: int
+    reused: int
+    rows: list[dict[str, Any]]
+    seconds: float
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    def summary(self) -> str:
+        dropped = sum(self.dropped.values())
+        extra = f"; dropped {dropped} stale manifest rows ({self._dropped_text()})" if dropped else ""
+        return (
+            f"generated {self.generated}, reused {self.reused} of {self.total} images in {self.out} "
+            f"({self.seconds:.1f} s){extra}"
+        )
+
+    def _dropped_text(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items()))
+
+
+class _FolderLock:
+    """One writer per folder: a second generate into the same folder fails at once instead of interleaving."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK_NAME
+
+    def __enter__(self) -> _FolderLock:
+        self._f = open(self.path, "w")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            raise UserError(
+                f"another process is generating into {self.path.parent}; wait for it or use another --out"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
+def _canonical(value: Any) -> Any:
+    """How a value reads back from the manifest (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value))
+
+
+def _conflict(row: dict[str, Any], want: dict[str, Any]) -> str | None:
+    for key in ("prompt", "seed", "generator", "params"):
+        if row.get(key) != want[key]:
+            return f"{key} {row.get(key)!r} there, {want[key]!r} now"
+    return None
+
+
+def _load_existing(out: Path, manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Valid rows by id (last one wins) after dropping torn lines and rows whose image is gone or altered;
+    the manifest is rewritten without the dropped rows so new rows append after complete lines only."""
+    read = read_manifest(manifest)
+    dropped = dict(read.dropped)
+    kept: dict[str, dict[str, Any]] = {}
+    keep_rows: list[dict[str, Any]] = []
+    for row in read.rows:
+        reason = row_file_ok(out, row)
+        if reason is None and not isinstance(row.get("id"), str):
+            reason = "row without id"
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        if row["id"] in kept:
+            dropped["superseded row"] = dropped.get("superseded row", 0) + 1
+            keep_rows.remove(kept[row["id"]])
+        kept[row["id"]] = row
+        keep_rows.append(row)
+    torn_tail = manifest.is_file() and manifest.stat().st_size > 0 and not manifest.read_bytes().endswith(b"\n")
+    if dropped or torn_tail:
+        rewrite_manifest(manifest, keep_rows)
+    return kept, dropped
+
+
+def generate_to_folder(
+    generator: str | Generator,
+    prompts: str | PromptSet | Sequence[Prompt | str],
+    out: str | Path,
+    *,
+    n: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    params: dict[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FolderResult:
+    """Write ``n`` images per prompt to ``out`` (PNG + ``manifest.jsonl``); resume whatever is already there.
+
+    ``generator`` is a spec for :func:`~evalkit.generators.load` or a loaded generator; ``params`` are
+    generic generation params (``steps``, ``guidance``, ``size``, ...). Image ``j`` of prompt ``i`` uses
+    seed ``derive_seed(seed, i, j)``. ``on_progress(done, total)`` is called after each batch (for UIs).
+    Manifest rows hold id, prompt, prompt_id, category, spec, seed, image_index, generator, family,
+    params, file, sha256, width, height, seconds and nfe.
+    """
+    if n < 1:
+        raise UserError(f"n (images per prompt) must be at least 1, got {n}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if isinstance(generator, str):
+        from .loading import load
+
+        generator = load(generator)
+    items = as_prompts(prompts)
+    if not items:
+        raise UserError("no prompts to generate from")
+    resolved = _canonical(generator.resolve_params(**(params or {})))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST_NAME
+    t0 = time.perf_counter()
+    with _FolderLock(out):
+        existing, dropped = _load_existing(out, manifest)
+        wanted: list[dict[str, Any]] = []
+        for i, prompt in enumerate(items):
+            for j in range(n):
+                wanted.append({
+                    "id": f"{prompt.id}#{j}", "prompt": prompt.text, "prompt_id": prompt.id,
+                    "category": prompt.category, "spec": prompt.spec, "seed": derive_seed(seed, i, j),
+                    "image_index": j, "generator": generator.name, "family": generator.family,
+                    "params": resolved, "file": image_file_name(prompt.id, j),
+                })  # fmt: skip
+        todo = []
+        for want in wanted:
+            row = existing.get(want["id"])
+            if row is None:
+                todo.append(want)
+            elif why := _conflict(row, want):
+                raise UserError(
+                    f"{out} already holds image {want['id']} made differently ({why}); "
+                    "use a new output folder, or delete this one to start over"
+                )
+        reused = len(wanted) - len(todo)
+        done = reused
+        if on_progress:
+            on_progress(done, len(wanted))
+        predicted_nfe = generator.nfe(**resolved)
+        batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+        made: dict[str, dict[str, Any]] = {}
+        with ManifestAppender(manifest) as appender:
+            bar = (
+                progress(batches, desc=f"generate {generator.name}", total=len(batches), unit="batch")
+                if batches
+                else ()
+            )
+            for batch in bar:
+                result = generator.generate([w["prompt"] for w in batch], [w["seed"] for w in batch], **resolved)
+                for want, image, secs, nfe in zip(batch, result.images, result.seconds, result.nfe):
+                    data = png_bytes(image)
+                    atomic_write_bytes(out / want["file"], data)
+                    row = want | {
+                        "sha256": sha256_bytes(data), "width": image.width, "height": image.height,
+                        "seconds": round(secs, 6), "nfe": nfe if nfe is not None else predicted_nfe,
+                    }  # fmt: skip
+                    appender.append(row)
+                    made[row["id"]] = row
+                done += len(batch)
+                if on_progress:
+                    on_progress(done, len(wanted))
+    rows = [made.get(w["id"]) or existing[w["id"]] for w in wanted]
+    return FolderResult(out, manifest, len(todo), reused, rows, time.perf_counter() - t0, dropped)

@@ -1,0 +1,212 @@
+"""Leaderboards from the results store: a row per generator, each metric with its CI and rank,
+an overall win rate (HEIM-style: the chance of beating a random other generator, metric by
+metric), per-category breakdowns and speed. Exports Markdown, CSV and HTML."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+
+from .metrics.compute import HIGHER_IS_BETTER as _QUALITY_DIRECTIONS
+from .results import Result, ResultsDB
+
+# direction of every figure a run stores; speed figures are shown but do not enter the win rate
+DIRECTIONS: dict[str, bool] = {**_QUALITY_DIRECTIONS, "oracle": True}
+SPEED_DIRECTIONS: dict[str, bool] = {"images_per_s": True, "latency_p50_s": False, "latency_p95_s": False,
+                                     "nfe": False, "peak_mem_mb": False}  # fmt: skip
+ORDER = ("oracle", "clip", "fid", "kid", "cmmd", "precision", "recall", "density", "coverage", "is")
+
+
+@dataclass
+class Leaderboard:
+    run_ids: list[str]
+    generators: list[str]
+    metrics: list[str]
+    cells: dict[tuple[str, str], Result]  # (generator, metric) -> overall figure
+    ranks: dict[tuple[str, str], int]
+    win_rate: dict[str, float]
+    speed: list[str] = field(default_factory=list)
+    categories: dict[str, dict[tuple[str, str], Result]] = field(default_factory=dict)  # metric -> (gen, cat)
+    validity: dict[str, float] = field(default_factory=dict)  # metric -> rank agreement with the oracle
+
+
+def _rank(values: dict[str, float], higher: bool) -> dict[str, int]:
+    """Competition ranking (1 = best; ties share the better rank)."""
+    ordered = sorted(values.values(), reverse=higher)
+    return {g: ordered.index(v) + 1 for g, v in values.items()}
+
+
+def win_rates(table: dict[str, dict[str, float]], directions: dict[str, bool]) -> dict[str, float]:
+    """Mean over metrics of the fraction of other generators beaten (ties count half).
+
+    >>> win_rates({"fid": {"a": 1.0, "b": 2.0, "c": 3.0}}, {"fid": False})
+    {'a': 1.0, 'b': 0.5, 'c': 0.0}
+    """
+    gens = sorted({g for col in table.values() for g in col})
+    scores: dict[str, list[float]] = {g: [] for g in gens}
+    for metric, col in table.items():
+        if len(col) < 2:
+            continue
+        sign = 1 if directions[metric] else -1
+        for g, v in col.items():
+            others = [w for h, w in col.items() if h != g]
+            beat = sum(1.0 if sign * (v - w) > 0 else 0.5 if v == w else 0.0 for w in others)
+            scores[g].append(beat / len(others))
+    return {g: sum(s) / len(s) if s else float("nan") for g, s in scores.items()}
+
+
+def latest_run_ids(db: ResultsDB, recipe: str | None = None) -> list[str]:
+    """The newest finished (else newest) run of each recipe, or of the one named."""
+    latest: dict[str, str] = {}
+    for run in db.runs(recipe):
+        if run.status == "done" or run.recipe_name not in latest:
+            latest[run.recipe_name] = run.run_id
+    return list(latest.values())
+
+
+def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = None) -> Leaderboard:
+    run_ids = run_ids or latest_run_ids(db, recipe)
+    rows = [r for rid in run_ids for r in db.results(rid)]
+    cells: dict[tuple[str, str], Result] = {}
+    cats: dict[str, dict[tuple[str, str], Result]] = {}
+    for r in rows:
+        if r.category:
+            cats.setdefault(r.metric, {})[(r.generator, r.category)] = r
+        else:
+            cells[(r.generator, r.metric)] = r
+    generators = sorted({g for g, _ in cells} | {g for c in cats.values() for g, _ in c})
+    present = {m for _, m in cells}
+    metrics = [m for m in ORDER if m in present] + sorted(m for m in present - set(ORDER) - set(SPEED_DIRECTIONS))
+    speed = [m for m in SPEED_DIRECTIONS if m in present]
+    table = {m: {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
+             for m in metrics if m in DIRECTIONS}  # fmt: skip
+    ranks = {(g, m): rk for m, col in table.items() for g, rk in _rank(col, DIRECTIONS[m]).items()}
+    for m in speed:
+        col = {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
+        ranks |= {(g, m): rk for g, rk in _rank(col, SPEED_DIRECTIONS[m]).items()}
+    wr = win_rates(table, DIRECTIONS)
+    generators.sort(key=lambda g: -wr.get(g, 0.0) if wr.get(g) == wr.get(g) else 1.0)
+    return Leaderboard(run_ids, generators, metrics, cells, ranks, wr, speed, cats)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "–"
+    a = abs(v)
+    return f"{v:.3g}" if a >= 100 or a == 0 else f"{v:.4f}" if a < 0.01 else f"{v:.3f}"
+
+
+def _cell(lb: Leaderboard, g: str, m: str, ci: bool = True) -> str:
+    r = lb.cells.get((g, m))
+    if r is None:
+        return "–"
+    s = _fmt(r.value)
+    if ci and r.ci:
+        s += f" [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}]"
+    rank = lb.ranks.get((g, m))
+    return f"{s} (#{rank})" if rank else s
+
+
+def _header(lb: Leaderboard) -> list[str]:
+    def name(m: str) -> str:
+        arrow = "↑" if DIRECTIONS.get(m, SPEED_DIRECTIONS.get(m, True)) else "↓"
+        v = lb.validity.get(m)
+        return f"{m} {arrow}" + (f" (τ={v:.2f})" if v is not None else "")
+
+    return ["generator", "win rate", *map(name, lb.metrics), *map(name, lb.speed)]
+
+
+def rows(lb: Leaderboard, ci: bool = True) -> list[list[str]]:
+    return [
+        [g, _fmt(lb.win_rate.get(g)), *(_cell(lb, g, m, ci) for m in lb.metrics), *(_cell(lb, g, m, False) for m in lb.speed)]
+        for g in lb.generators
+    ]
+
+
+def category_rows(lb: Leaderboard, metric: str) -> tuple[list[str], list[list[str]]]:
+    cells = lb.categories.get(metric, {})
+    cats = sorted({c for _, c in cells})
+    body = [[g, *(_fmt(cells[(g, c)].value) if (g, c) in cells else "–" for c in cats)] for g in lb.generators]
+    return ["generator", *cats], body
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    def table(head: list[str], body: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+    out = [table(_header(lb), rows(lb))]
+    for metric in ("oracle", "clip"):
+        if metric in lb.categories:
+            out.append(f"\n**{metric} by category**\n\n" + table(*category_rows(lb, metric)))
+    return "\n".join(out) + "\n"
+
+
+def to_csv(lb: Leaderboard) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["generator", "metric", "category", "value", "ci_lo", "ci_hi", "n", "rank", "win_rate"])
+    for g in lb.generators:
+        for m in lb.metrics + lb.speed:
+            r = lb.cells.get((g, m))
+            if r:
+                lo, hi = r.ci or (None, None)
+                w.writerow([g, m, "", r.value, lo, hi, r.n, lb.ranks.get((g, m), ""), lb.win_rate.get(g)])
+        for m, cells in lb.categories.items():
+            for (gg, c), r in sorted(cells.items()):
+                if gg == g:
+                    lo, hi = r.ci or (None, None)
+                    w.writerow([g, m, c, r.value, lo, hi, r.n, "", ""])
+    return buf.getvalue()
+
+
+def html_table(head: list[str], body: list[list[str]], cls: str = "lb") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>'
+
+
+def to_html(lb: Leaderboard) -> str:
+    parts = [html_table(_header(lb), rows(lb))]
+    for metric in ("oracle", "clip"):
+        if metric in lb.categories:
+            parts.append(f"<h3>{metric} by category</h3>" + html_table(*category_rows(lb, metric)))
+    style = "table{border-collapse:collapse;font:14px sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}"
+    return f"<!doctype html><meta charset=utf-8><title>Leaderboard</title><style>{style}</style>" + "".join(parts)
+
+
+FORMATS = {"md": to_markdown, "csv": to_csv, "html": to_html}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="rank generators from the results database",
+                       description="Rank generators per metric (with CIs and win rates) from the results database.")
+    p.add_argument("--db", default="results.db")
+    p.add_argument("--recipe", default=None, help="only this recipe's latest run (default: the latest run of each)")
+    p.add_argument("--run", default=None, help="a run id")
+    p.add_argument("--format", choices=sorted(FORMATS), default="md")
+    p.add_argument("--out", default=None, help="write to this file instead of printing")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from pathlib import Path
+
+    from .errors import UserError
+    from .utils import atomic_write_text
+
+    if args.db != ":memory:" and not Path(args.db).is_file():
+        raise UserError(f"results database not found: {args.db} (run `python -m evalkit run RECIPE` first)")
+    with ResultsDB(args.db) as db:
+        lb = build(db, args.recipe, [args.run] if args.run else None)
+    if not lb.generators:
+        raise UserError(f"no results in {args.db}" + (f" for recipe {args.recipe!r}" if args.recipe else ""))
+    text = FORMATS[args.format](lb)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0

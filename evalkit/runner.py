@@ -1,0 +1,221 @@
+"""The main job: run a recipe. generate → extract (cached) → score → results store.
+
+Every stage resumes from what is on disk: generation from each folder's manifest, features from
+the feature cache, figures from the results store (identical figures are not written twice). A run
+killed at any point and started again ends with the same figures as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.images import SkipCounter, try_load_image
+from .data.laion import load_subset
+from .data.prompts import load_prompts
+from .errors import UserError
+from .features import FeatureCache, encode_texts, extract, get_extractor
+from .generators import generate_to_folder
+from .metrics import compute_metrics
+from .metrics.bootstrap import bootstrap_ci
+from .recipe import Recipe, load_recipe
+from .results import Result, ResultsDB
+from .shapes.oracle import evaluate as oracle_evaluate
+
+FEATURE_METRICS = ("fid", "kid", "cmmd", "pr", "dc", "is", "clip")
+REFERENCE_DIR = Path("runs") / "_reference"
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    db: str
+    out_dir: Path
+    generated: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    skipped: dict[str, Any] = field(default_factory=dict)
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "generator"
+
+
+def reference_path(source: str, root: Path = REFERENCE_DIR) -> Path:
+    """A LAION-format reference; ``shapes:N[:seed][:split]`` is rendered once into ``root`` and reused."""
+    if not source.startswith("shapes:"):
+        return Path(source)
+    from .shapes.subset import PARQUET_NAME, make_subset
+
+    parts = source.split(":")[1:]
+    try:
+        n = int(parts[0])
+        seed = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise UserError(f"reference {source!r}: expected shapes:N[:seed][:split]") from None
+    split = parts[2] if len(parts) > 2 else "test"
+    out = root / f"shapes-{n}-{seed}-{split}"
+    if not (out / PARQUET_NAME).is_file():
+        make_subset(n, seed, out, split=split)
+    return out
+
+
+def load_reference(source: str, n: int | None, seed: int) -> tuple[list, SkipCounter]:
+    skipped = SkipCounter()
+    subset = load_subset(reference_path(source), n=n, seed=seed)
+    images = [img for _, img in subset.iter_images(skipped)]
+    if len(images) < 2:
+        raise UserError(f"reference {source!r} has {len(images)} usable images; need at least 2")
+    return images, skipped
+
+
+def _rows_images(out: Path, rows: list[dict[str, Any]], skipped: SkipCounter) -> tuple[list, list[dict[str, Any]]]:
+    images, kept = [], []
+    for row in rows:
+        img = try_load_image(out / row["file"], skipped)
+        if img is not None:
+            images.append(img)
+            kept.append(row)
+    return images, kept
+
+
+def _speed_results(label: str, dataset: str, rows: list[dict[str, Any]]) -> list[Result]:
+    secs = np.array([r["seconds"] for r in rows if r.get("seconds")], dtype=float)
+    out = []
+    if len(secs):
+        out.append(Result(label, dataset, "images_per_s", float(1.0 / secs.mean()), len(secs)))
+        out.append(Result(label, dataset, "latency_p50_s", float(np.percentile(secs, 50)), len(secs)))
+        out.append(Result(label, dataset, "latency_p95_s", float(np.percentile(secs, 95)), len(secs)))
+    nfe = [r["nfe"] for r in rows if r.get("nfe") is not None]
+    if nfe:
+        out.append(Result(label, dataset, "nfe", float(np.mean(nfe)), len(nfe)))
+    return out
+
+
+def _oracle_results(label: str, dataset: str, images: list, rows: list[dict[str, Any]]) -> list[Result]:
+    pairs = [(img, r["spec"]) for img, r in zip(images, rows) if r.get("spec")]
+    if not pairs:
+        return []
+    rep = oracle_evaluate(pairs, desc=f"oracle {label}")
+
+    def res(d: dict[str, Any], category: str = "") -> Result:
+        ci = tuple(d["ci95"]) if d.get("ci95") else None
+        return Result(label, dataset, "oracle", d["accuracy"], d["n"], ci, category)
+
+    return [res(rep.overall)] + [res(d, c) for c, d in sorted(rep.categories.items())]
+
+
+def _clip_by_category(label: str, dataset: str, ext_id: str, img: torch.Tensor, txt: torch.Tensor,
+                      rows: list[dict[str, Any]]) -> list[Result]:  # fmt: skip
+    """Per-category CLIP score (100·max(cos, 0) per image) with bootstrap CIs."""
+    per = 100 * torch.clamp(torch.nn.functional.cosine_similarity(img, txt, dim=-1), min=0).numpy()
+    cats: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.get("category"):
+            cats.setdefault(str(r["category"]), []).append(i)
+    out = []
+    for c, idx in sorted(cats.items()):
+        v = per[idx]
+        ci = bootstrap_ci(v, seed=0) if len(v) >= 2 else None
+        out.append(Result(label, dataset, "clip", float(v.mean()), len(v), ci, c, ext_id))
+    return out
+
+
+def run(
+    recipe: Recipe | str | Path,
+    *,
+    new_version: bool = False,
+    db_path: str | Path | None = None,
+    cache: FeatureCache | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Run a recipe end to end and store its figures; returns what was done."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    say = on_stage or (lambda s: print(s, flush=True))
+    prompts = load_prompts(recipe.prompts)
+    if len(prompts) == 0:
+        raise UserError(f"prompt set {recipe.prompts!r} is empty")
+    feature_metrics = [m for m in recipe.metrics if m in FEATURE_METRICS]
+    need_reference = any(m != "clip" and m != "is" for m in feature_metrics)
+    if need_reference and recipe.reference is None:
+        raise UserError(f"metrics {', '.join(feature_metrics)} need a `reference:` set in the recipe")
+    out_dir = recipe.out_dir
+    db = ResultsDB(db_path or recipe.db)
+    run_ = db.start_run(recipe.name, recipe.content_hash(), recipe.model_dump(), [recipe.seed], new_version)
+    report = RunReport(run_.run_id, db.path, out_dir)
+    dataset = recipe.prompts
+    cache = cache or FeatureCache()
+
+    extractors = [get_extractor(spec) for spec in recipe.extractors] if feature_metrics else []
+    ref_feats: dict[str, dict[str, torch.Tensor]] = {}
+    if need_reference:
+        say(f"reference: {recipe.reference.source}")
+        ref_images, ref_skipped = load_reference(recipe.reference.source, recipe.reference.n, recipe.seed)
+        report.skipped["reference"] = ref_skipped.as_dict()
+        for ext in extractors:
+            ref_feats[ext.id] = extract(ext, ref_images, cache=cache, desc=f"reference features ({ext.name})")
+        del ref_images
+
+    for g in recipe.generators:
+        folder = out_dir / "images" / slug(g.label)
+        say(f"generate: {g.label} -> {folder}")
+        res = generate_to_folder(g.spec, prompts, folder, n=recipe.images_per_prompt, seed=recipe.seed,
+                                 batch_size=recipe.batch_size, params=g.params)  # fmt: skip
+        report.generated[g.label], report.reused[g.label] = res.generated, res.reused
+        skipped = SkipCounter()
+        images, rows = _rows_images(folder, res.rows, skipped)
+        report.skipped[g.label] = skipped.as_dict()
+        results: list[Result] = []
+        if "speed" in recipe.metrics:
+            results += _speed_results(g.label, dataset, rows)
+        if "oracle" in recipe.metrics:
+            results += _oracle_results(g.label, dataset, images, rows)
+        for ext in extractors:
+            fake = extract(ext, images, cache=cache, desc=f"features {g.label} ({ext.name})")
+            if "clip" in feature_metrics:
+                fake["text"] = encode_texts(ext, [r["prompt"] for r in rows], cache=cache)
+            names = [m for m in feature_metrics if m != "is" or "logits" in ext.features]
+            scored = compute_metrics(ref_feats.get(ext.id), fake, names, seed=recipe.seed)
+            for name, m in scored.items():
+                extra = {k: v for k, v in m.extra.items() if isinstance(v, (int, float, str, bool))}
+                results.append(Result(g.label, dataset, name, m.value, m.n, m.ci, "", ext.id, extra))
+            if "clip" in feature_metrics:
+                results += _clip_by_category(g.label, dataset, ext.id, fake["image"], fake["text"], rows)
+        db.add_results(run_.run_id, results)
+        report.results += results
+        say(f"scored: {g.label} ({len(results)} figures)")
+    db.finish_run(run_.run_id)
+    db.close()
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an evaluation recipe (resumable)",
+        description="Generate, extract features (cached) and score every generator of a recipe; figures go to SQLite. "
+        "Interrupted runs resume where they stopped.",
+    )
+    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/shapes-leaderboard.yaml")
+    p.add_argument("--resume", action="store_true", help="resume the latest run of this recipe (the default)")
+    p.add_argument("--new-version", action="store_true", help="start a new numbered run instead of resuming")
+    p.add_argument("--db", default=None, help="results database (default: the recipe's `db`, results.db)")
+    p.add_argument("--check", action="store_true", help="validate the recipe and exit")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    recipe = load_recipe(args.recipe)
+    if args.check:
+        print(f"{args.recipe}: ok ({len(recipe.generators)} generators, metrics {', '.join(recipe.metrics)})")
+        return 0
+    rep = run(recipe, new_version=args.new_version, db_path=args.db)
+    made, reused = sum(rep.generated.values()), sum(rep.reused.values())
+    print(f"run {rep.run_id}: generated {made} images, reused {reused}; {len(rep.results)} figures in {rep.db}")
+    return 0

@@ -1,0 +1,166 @@
+"""Recipes, the runner, the results store and the leaderboard, end to end on tiny local models."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evalkit import leaderboard
+from evalkit.errors import UserError
+from evalkit.features import FeatureCache
+from evalkit.recipe import load_recipe
+from evalkit.results import Result, ResultsDB
+from evalkit.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path: Path, tiny_sd_dir: Path, tiny_clip: Path, **over) -> Path:
+    d = {
+        "name": "tiny",
+        "prompts": "shapes:6:0:test",
+        "reference": {"source": "shapes:24:1:test"},
+        "generators": [
+            {"spec": f"dir:{tiny_sd_dir}", "name": "sd-2", "params": {"steps": 2, "size": 32}},
+            {"spec": f"dir:{tiny_sd_dir}", "name": "sd-1", "params": {"steps": 1, "size": 32}},
+        ],
+        "metrics": ["clip", "fid", "kid", "cmmd", "pr", "oracle", "speed"],
+        "extractors": [f"judge:{tiny_clip.dir}"],
+        "images_per_prompt": 2,
+        "batch_size": 4,
+        "output_dir": str(tmp_path / "out"),
+        "db": str(tmp_path / "results.db"),
+    }
+    d.update(over)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shapes reference renders under ./runs/_reference
+    return tmp_path
+
+
+def test_run_stores_figures_and_resumes_without_work(in_tmp, tiny_sd_dir, tiny_clip):
+    path = _recipe(in_tmp, tiny_sd_dir, tiny_clip)
+    cache = FeatureCache(in_tmp / "cache")
+    first = run(path, cache=cache, on_stage=lambda s: None)
+    assert first.generated == {"sd-2": 12, "sd-1": 12} and first.reused == {"sd-2": 0, "sd-1": 0}
+    with ResultsDB(in_tmp / "results.db") as db:
+        rows = db.results(first.run_id)
+        metrics = {r.metric for r in rows if r.generator == "sd-2" and not r.category}
+        assert {"clip", "fid", "kid", "cmmd", "precision", "recall", "oracle", "images_per_s", "nfe"} <= metrics
+        fid = next(r for r in rows if r.metric == "fid" and r.generator == "sd-2")
+        assert fid.n == 12 and fid.value >= 0 and fid.extractor.startswith("judge:")
+        clip = next(r for r in rows if r.metric == "clip" and not r.category and r.generator == "sd-2")
+        assert clip.ci is not None and clip.ci[0] <= clip.value <= clip.ci[1]
+        assert any(r.metric == "oracle" and r.category for r in rows)  # per-category breakdown
+        nfe = {r.generator: r.value for r in rows if r.metric == "nfe"}
+        assert nfe["sd-2"] > nfe["sd-1"]
+    misses = cache.misses
+    second = run(path, cache=cache, on_stage=lambda s: None)
+    assert second.run_id == first.run_id
+    assert second.generated == {"sd-2": 0, "sd-1": 0} and second.reused == {"sd-2": 12, "sd-1": 12}
+    assert cache.misses == misses  # no feature computed again
+    with ResultsDB(in_tmp / "results.db") as db:
+        again = {(r.generator, r.metric, r.category): r.value for r in db.results(second.run_id)}
+        assert again == {(r.generator, r.metric, r.category): r.value for r in rows}
+        assert len(db.runs("tiny")) == 1
+
+
+def test_new_version_and_leaderboard_formats(in_tmp, tiny_sd_dir, tiny_clip):
+    path = _recipe(in_tmp, tiny_sd_dir, tiny_clip, metrics=["fid", "oracle", "speed"], images_per_prompt=1)
+    cache = FeatureCache(in_tmp / "cache")
+    a = run(path, cache=cache, on_stage=lambda s: None)
+    b = run(path, cache=cache, new_version=True, on_stage=lambda s: None)
+    assert a.run_id != b.run_id and b.run_id.endswith("-v2")
+    with ResultsDB(in_tmp / "results.db") as db:
+        lb = leaderboard.build(db, "tiny")
+    assert lb.run_ids == [b.run_id] and set(lb.generators) == {"sd-1", "sd-2"}
+    md = leaderboard.to_markdown(lb)
+    assert "fid ↓" in md and "win rate" in md and "sd-1" in md
+    assert leaderboard.to_csv(lb).splitlines()[0].startswith("generator,metric,category,value")
+    assert "<table" in leaderboard.to_html(lb)
+    out = subprocess.run(
+        [sys.executable, "-m", "evalkit", "leaderboard", "--db", str(in_tmp / "results.db"), "--format", "csv"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0 and "sd-2" in out.stdout
+
+
+def test_win_rate_and_ranks():
+    db = ResultsDB(":memory:")
+    run_ = db.start_run("r", "h", {}, [0])
+    db.add_results(run_.run_id, [
+        Result("a", "d", "fid", 10.0, 5), Result("b", "d", "fid", 20.0, 5), Result("c", "d", "fid", 20.0, 5),
+        Result("a", "d", "clip", 20.0, 5), Result("b", "d", "clip", 30.0, 5), Result("c", "d", "clip", 10.0, 5),
+    ])  # fmt: skip
+    lb = leaderboard.build(db)
+    assert lb.ranks[("a", "fid")] == 1 and lb.ranks[("b", "fid")] == 2 and lb.ranks[("c", "fid")] == 2
+    assert lb.win_rate == pytest.approx({"a": 0.75, "b": 0.625, "c": 0.125})
+    assert lb.generators == ["a", "b", "c"]
+
+
+def test_results_are_never_overwritten_silently():
+    db = ResultsDB(":memory:")
+    rid = db.start_run("r", "h", {}, [0]).run_id
+    assert db.add_results(rid, [Result("a", "d", "fid", 1.0, 5)]) == 1
+    assert db.add_results(rid, [Result("a", "d", "fid", 1.0, 5)]) == 0
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        db.add_results(rid, [Result("a", "d", "fid", 2.0, 5)])
+
+
+def test_results_db_is_wal(tmp_path):
+    ResultsDB(tmp_path / "r.db").close()
+    mode = sqlite3.connect(tmp_path / "r.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+BAD_RECIPES = [
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/diffusion}]\nmetrcs: [fid]\n", "unknown key 'metrcs'; did you mean 'metrics'"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/diffusion, parms: {}}]\n", "did you mean 'params'"),
+    ("name: x\nprompts: shapes:4\n", "missing required key 'generators'"),
+    ("name: x\nprompts: shapes:4\ngenerators: []\n", "generators"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: diffusion}]\n", "must start with one of"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nmetrics: [fdi]\n", "unknown metric 'fdi' (did you mean 'fid'?)"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nimages_per_prompt: 0\n", "images_per_prompt"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: 'dir:/no/such/dir'}]\n", "path not found: /no/such/dir"),
+    ("name: x\nprompts: txt:/no/such/prompts.txt\ngenerators: [{spec: zoo/a}]\n", "file not found: /no/such/prompts.txt"),
+    ("name: x\nprompts: [unclosed\n", "not valid YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}, {spec: zoo/a}]\n", "must be unique"),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nbatch_size: many\n", "batch_size"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_RECIPES)
+def test_bad_recipes_give_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_recipe_cli_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_RECIPES[0][0])
+    out = subprocess.run([sys.executable, "-m", "evalkit", "run", str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "did you mean 'metrics'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "evalkit", "run", str(tmp_path / "none.yaml")], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "recipe not found" in out.stderr
+
+
+def test_recipe_hash_ignores_where_output_goes(tmp_path, tiny_sd_dir, tiny_clip):
+    a = load_recipe(_recipe(tmp_path, tiny_sd_dir, tiny_clip))
+    b = load_recipe(_recipe(tmp_path, tiny_sd_dir, tiny_clip, output_dir="elsewhere", db="other.db"))
+    c = load_recipe(_recipe(tmp_path, tiny_sd_dir, tiny_clip, seed=1))
+    assert a.content_hash() == b.content_hash() != c.content_hash()
+    assert json.loads(json.dumps(a.model_dump()))["generators"][0]["name"] == "sd-2"
