@@ -120,7 +120,12 @@ def _header(lb: Leaderboard) -> list[str]:
 
 def rows(lb: Leaderboard, ci: bool = True) -> list[list[str]]:
     return [
-        [g, _fmt(lb.win_rate.get(g)), *(_cell(lb, g, m, ci) for m in lb.metrics), *(_cell(lb, g, m, False) for m in lb.speed)]
+        [
+            g,
+            _fmt(lb.win_rate.get(g)),
+            *(_cell(lb, g, m, ci) for m in lb.metrics),
+            *(_cell(lb, g, m, False) for m in lb.speed),
+        ]
         for g in lb.generators
     ]
 
@@ -181,8 +186,11 @@ FORMATS = {"md": to_markdown, "csv": to_csv, "html": to_html}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("leaderboard", help="rank generators from the results database",
-                       description="Rank generators per metric (with CIs and win rates) from the results database.")
+    p = sub.add_parser(
+        "leaderboard",
+        help="rank generators from the results database",
+        description="Rank generators per metric (with CIs and win rates) from the results database.",
+    )
     p.add_argument("--db", default="results.db")
     p.add_argument("--recipe", default=None, help="only this recipe's latest run (default: the latest run of each)")
     p.add_argument("--run", default=None, help="a run id")

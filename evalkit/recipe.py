@@ -142,7 +142,7 @@ def _check_paths(recipe: Recipe, path: Path) -> None:
     for g in recipe.generators:
         for prefix in ("dir:", "folder:"):
             if g.spec.startswith(prefix) and not Path(g.spec[len(prefix) :]).exists():
-                raise UserError(f"{path}: generator {g.label!r}: path not found: {g.spec[len(prefix):]}")
+                raise UserError(f"{path}: generator {g.label!r}: path not found: {g.spec[len(prefix) :]}")
     for spec in (recipe.prompts, recipe.reference.source if recipe.reference else None):
         if not spec or spec.startswith("shapes:") or spec.endswith(":default"):
             continue

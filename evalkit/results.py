@@ -81,7 +81,11 @@ def code_version() -> str:
     """Package version plus the git commit when run from a checkout."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
@@ -128,7 +132,12 @@ class ResultsDB:
         return _run(row) if row else None
 
     def start_run(
-        self, recipe_name: str, recipe_hash: str, recipe: dict[str, Any], seeds: Sequence[int], new_version: bool = False
+        self,
+        recipe_name: str,
+        recipe_hash: str,
+        recipe: dict[str, Any],
+        seeds: Sequence[int],
+        new_version: bool = False,
     ) -> Run:
         """Resume the latest run of this exact recipe, or start version N+1 when asked (or none exists)."""
         last = self.find_run(recipe_hash)
@@ -153,7 +162,9 @@ class ResultsDB:
 
     def finish_run(self, run_id: str, status: str = "done") -> None:
         with self.conn:
-            self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+            self.conn.execute(
+                "UPDATE runs SET finished = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id)
+            )
 
     def runs(self, recipe_name: str | None = None) -> list[Run]:
         q, args = "SELECT * FROM runs", ()

@@ -123,15 +123,24 @@ def test_results_db_is_wal(tmp_path):
 
 
 BAD_RECIPES = [
-    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/diffusion}]\nmetrcs: [fid]\n", "unknown key 'metrcs'; did you mean 'metrics'"),
+    (
+        "name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/diffusion}]\nmetrcs: [fid]\n",
+        "unknown key 'metrcs'; did you mean 'metrics'",
+    ),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/diffusion, parms: {}}]\n", "did you mean 'params'"),
     ("name: x\nprompts: shapes:4\n", "missing required key 'generators'"),
     ("name: x\nprompts: shapes:4\ngenerators: []\n", "generators"),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: diffusion}]\n", "must start with one of"),
-    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nmetrics: [fdi]\n", "unknown metric 'fdi' (did you mean 'fid'?)"),
+    (
+        "name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nmetrics: [fdi]\n",
+        "unknown metric 'fdi' (did you mean 'fid'?)",
+    ),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nimages_per_prompt: 0\n", "images_per_prompt"),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: 'dir:/no/such/dir'}]\n", "path not found: /no/such/dir"),
-    ("name: x\nprompts: txt:/no/such/prompts.txt\ngenerators: [{spec: zoo/a}]\n", "file not found: /no/such/prompts.txt"),
+    (
+        "name: x\nprompts: txt:/no/such/prompts.txt\ngenerators: [{spec: zoo/a}]\n",
+        "file not found: /no/such/prompts.txt",
+    ),
     ("name: x\nprompts: [unclosed\n", "not valid YAML"),
     ("- just\n- a list\n", "expected a mapping"),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}, {spec: zoo/a}]\n", "must be unique"),

@@ -137,7 +137,9 @@ def test_make_twice_is_byte_identical_and_loads_with_datasets(tmp_path):
 
 
 def test_make_cli_help_and_bad_args(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "evalkit", "shapes", "make", "--help"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "evalkit", "shapes", "make", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0 and "--seed" in r.stdout
     r = subprocess.run(
         [sys.executable, "-m", "evalkit", "shapes", "make", "--n", "0", "--out", str(tmp_path)],

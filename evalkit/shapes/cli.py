@@ -20,10 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    m.add_argument("--split", choices=SPLITS, default="train",
-                   help="train/test: held-out color-shape pairs never drawn; compositional: only prompts with them")
-    m.add_argument("--categories", default=None,
-                   help=f"comma-separated subset of {','.join(CATEGORIES)} (default: the standard mix)")
+    m.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="train",
+        help="train/test: held-out color-shape pairs never drawn; compositional: only prompts with them",
+    )
+    m.add_argument(
+        "--categories",
+        default=None,
+        help=f"comma-separated subset of {','.join(CATEGORIES)} (default: the standard mix)",
+    )
     m.set_defaults(func=run_make)
 
 

@@ -33,7 +33,9 @@ def write_subset(samples: Iterable[Sample], out: str | Path, size: int = 64, sha
     """Render ``samples`` into ``out``; returns the parquet path."""
     out = Path(out)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    cols: dict[str, list] = {k: [] for k in ("key", "caption", "width", "height", "image", "category", "split", "spec", "scene")}
+    cols: dict[str, list] = {
+        k: [] for k in ("key", "caption", "width", "height", "image", "category", "split", "spec", "scene")
+    }
     samples = list(samples)
     for s in progress(samples, desc="render"):
         cols["key"].append(s.key)
@@ -61,7 +63,9 @@ def write_subset(samples: Iterable[Sample], out: str | Path, size: int = 64, sha
             for i in range(start, min(start + shard_size, len(samples))):
                 key = cols["key"][i]
                 # spec/scene stay JSON strings: nested nulls break datasets' type inference
-                meta = {k: cols[k][i] for k in ("key", "caption", "width", "height", "category", "split", "spec", "scene")}
+                meta = {
+                    k: cols[k][i] for k in ("key", "caption", "width", "height", "category", "split", "spec", "scene")
+                }
                 meta["status"] = "success"
                 _tar_member(tar, f"{key}.png", cols["image"][i])
                 _tar_member(tar, f"{key}.txt", cols["caption"][i].encode())

@@ -179,9 +179,7 @@ def _allowed(color: str, shape: str, split: str) -> bool:
 
 def _pick_colored(rng: random.Random, split: str, shape: str | None = None) -> tuple[str, str]:
     """A (color, shape) pair valid for the split's combination rule."""
-    pairs = [
-        (c, s) for c in COLORS for s in SHAPES if (shape is None or s == shape) and _allowed(c, s, split)
-    ]
+    pairs = [(c, s) for c in COLORS for s in SHAPES if (shape is None or s == shape) and _allowed(c, s, split)]
     return rng.choice(pairs)
 
 
@@ -276,7 +274,9 @@ def scene_for(spec: PromptSpec, rng: random.Random) -> Scene:
     group_of: list[int] = []
     for gi, o in enumerate(spec.objects):
         color = o.color or _free_color(rng, o.shape)
-        size = o.size or ("small" if o.count == 3 or len(spec.objects) > 1 and rng.random() < 0.5 else rng.choice(list(SIZES)))
+        size = o.size or (
+            "small" if o.count == 3 or len(spec.objects) > 1 and rng.random() < 0.5 else rng.choice(list(SIZES))
+        )
         for _ in range(o.count):
             drawn.append((o.shape, color, size, gi))
             group_of.append(gi)

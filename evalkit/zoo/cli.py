@@ -11,6 +11,7 @@ from ..errors import UserError
 # model name -> module with ``train(config: dict, resume: bool, out_dir, work_dir)``
 MODELS: dict[str, str] = {
     "judge": "evalkit.zoo.judge",
+    "gan": "evalkit.zoo.gan",
     "text-encoder": "evalkit.zoo.textenc",
     "diffusion-vae": "evalkit.zoo.vae",
     "diffusion": "evalkit.zoo.diffusion",

@@ -167,9 +167,13 @@ def _alternatives(spec, attribute: str):
     """The true spec first, then every spec that differs from it in ``attribute`` only."""
     o = spec.objects[0]
     if attribute == "color":
-        return [spec] + [replace(spec, objects=(replace(o, color=c), *spec.objects[1:])) for c in COLORS if c != o.color]
+        return [spec] + [
+            replace(spec, objects=(replace(o, color=c), *spec.objects[1:])) for c in COLORS if c != o.color
+        ]
     if attribute == "shape":
-        return [spec] + [replace(spec, objects=(replace(o, shape=s), *spec.objects[1:])) for s in SHAPES if s != o.shape]
+        return [spec] + [
+            replace(spec, objects=(replace(o, shape=s), *spec.objects[1:])) for s in SHAPES if s != o.shape
+        ]
     if attribute == "background":
         return [spec] + [replace(spec, background=b) for b in BACKGROUNDS if b != spec.background]
     a, rel, b = spec.relation
@@ -196,15 +200,16 @@ def zero_shot(model, tokenizer, n: int = 1000, image_size: int = 64, split: str 
                 caps = [caption_for(a, random.Random(seed_k)) for a in alts]
                 txt = model.encode_text(tokenizer(caps), normalize=True)
                 hits[attr].append(bool((txt @ img[k]).argmax().item() == 0))
-    return {k: round(sum(v) / len(v), 4) for k, v in hits.items() if v} | {
-        f"n_{k}": len(v) for k, v in hits.items()
-    }
+    return {k: round(sum(v) / len(v), 4) for k, v in hits.items() if v} | {f"n_{k}": len(v) for k, v in hits.items()}
 
 
 def evaluate_cli(args) -> None:
     model_dir = Path(args.model) if args.model else dirs("judge", None, None)[0]
     model, _, tokenizer = load(model_dir)
-    figs = {"test": zero_shot(model, tokenizer, n=args.n), "compositional": zero_shot(model, tokenizer, n=args.n, split="compositional")}
+    figs = {
+        "test": zero_shot(model, tokenizer, n=args.n),
+        "compositional": zero_shot(model, tokenizer, n=args.n, split="compositional"),
+    }
     print(json.dumps(figs, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figs, indent=2))
