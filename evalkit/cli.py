@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("evalkit.score", "score generated images against a reference set"),
     "run": ("evalkit.runner", "run an evaluation recipe (resumable)"),
     "leaderboard": ("evalkit.leaderboard", "rank generators from the results database"),
+    "report": ("evalkit.report", "write the HTML report of a run"),
 }
 
 

@@ -9,13 +9,11 @@ import html
 import io
 from dataclasses import dataclass, field
 
-from .metrics.compute import HIGHER_IS_BETTER as _QUALITY_DIRECTIONS
+from .metric_names import QUALITY_DIRECTIONS as DIRECTIONS
+from .metric_names import SPEED_DIRECTIONS
 from .results import Result, ResultsDB
 
-# direction of every figure a run stores; speed figures are shown but do not enter the win rate
-DIRECTIONS: dict[str, bool] = {**_QUALITY_DIRECTIONS, "oracle": True}
-SPEED_DIRECTIONS: dict[str, bool] = {"images_per_s": True, "latency_p50_s": False, "latency_p95_s": False,
-                                     "nfe": False, "peak_mem_mb": False}  # fmt: skip
+# speed figures are shown but do not enter the win rate
 ORDER = ("oracle", "clip", "fid", "kid", "cmmd", "precision", "recall", "density", "coverage", "is")
 
 

@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .metric_names import RECIPE_METRICS as METRICS
 
-METRICS = ("clip", "fid", "kid", "cmmd", "pr", "dc", "is", "oracle", "speed")
 GENERATOR_PREFIXES = ("zoo/", "zoo:", "dir:", "hf:", "folder:")
 
 

@@ -7,7 +7,9 @@ killed at any point and started again ends with the same figures as one that nev
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +24,14 @@ from .data.prompts import load_prompts
 from .errors import UserError
 from .features import FeatureCache, encode_texts, extract, get_extractor
 from .generators import generate_to_folder
+from .metric_names import FEATURE_METRICS
 from .metrics import compute_metrics
 from .metrics.bootstrap import bootstrap_ci
 from .recipe import Recipe, load_recipe
+from .report import write_report
 from .results import Result, ResultsDB
 from .shapes.oracle import evaluate as oracle_evaluate
 
-FEATURE_METRICS = ("fid", "kid", "cmmd", "pr", "dc", "is", "clip")
 REFERENCE_DIR = Path("runs") / "_reference"
 
 
@@ -41,6 +44,14 @@ class RunReport:
     reused: dict[str, int] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
     skipped: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # the run's HTML report
+
+
+def _kill_point(point: str) -> None:
+    """Fault injection for the kill-and-resume tests: ``EVALKIT_KILL_AT=<point>`` ends the process right
+    here with SIGKILL, as a crash or ``kill -9`` would."""
+    if os.environ.get("EVALKIT_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def slug(label: str) -> str:
@@ -165,8 +176,10 @@ def run(
     for g in recipe.generators:
         folder = out_dir / "images" / slug(g.label)
         say(f"generate: {g.label} -> {folder}")
-        res = generate_to_folder(g.spec, prompts, folder, n=recipe.images_per_prompt, seed=recipe.seed,
-                                 batch_size=recipe.batch_size, params=g.params)  # fmt: skip
+        res = generate_to_folder(
+            g.spec, prompts, folder, n=recipe.images_per_prompt, seed=recipe.seed, batch_size=recipe.batch_size,
+            params=g.params, on_progress=lambda done, total, label=g.label: _kill_point(f"generate:{label}:{done}"),
+        )  # fmt: skip
         report.generated[g.label], report.reused[g.label] = res.generated, res.reused
         skipped = SkipCounter()
         images, rows = _rows_images(folder, res.rows, skipped)
@@ -187,10 +200,15 @@ def run(
                 results.append(Result(g.label, dataset, name, m.value, m.n, m.ci, "", ext.id, extra))
             if "clip" in feature_metrics:
                 results += _clip_by_category(g.label, dataset, ext.id, fake["image"], fake["text"], rows)
+        _kill_point(f"score:{g.label}")
         db.add_results(run_.run_id, results)
         report.results += results
         say(f"scored: {g.label} ({len(results)} figures)")
     db.finish_run(run_.run_id)
+
+    # report: tables, image grids and plots of this run, next to its images
+    report.report = write_report(db, run_.run_id, out_dir=out_dir, skipped=report.skipped)
+    say(f"report: {report.report}")
     db.close()
     return report
 

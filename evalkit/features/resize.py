@@ -45,6 +45,8 @@ def _to_chw_float(image: Image.Image) -> torch.Tensor:
 def resize_clean(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
     """PIL bicubic per channel in float mode ``F``, then clip (clean-fid ``make_resizer('PIL', False, 'bicubic')``)."""
     h, w = _size_hw(size)
+    if image.size == (w, h):  # PIL returns a copy for a same-size resize: skip the per-channel round trip
+        return _to_chw_float(image)
     arr = np.asarray(image, dtype=np.float32)
     channels = [
         np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c])).resize((w, h), Image.Resampling.BICUBIC))

@@ -74,15 +74,15 @@ def rewrite_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 class ManifestAppender:
-    """Appends rows durably: each row is one ``write`` of a full line, then flush and fsync."""
+    """Appends rows durably: the rows of one call are one ``write`` of full lines, then flush and fsync."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def append(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, sort_keys=True) + "\n")
+    def append(self, *rows: dict[str, Any]) -> None:
+        self._f.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
         self._f.flush()
         os.fsync(self._f.fileno())
 

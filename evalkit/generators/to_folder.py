@@ -208,7 +208,15 @@ def generate_to_folder(
         if on_progress:
             on_progress(done, len(wanted))
         predicted_nfe = generator.nfe(**resolved)
-        batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+        # Batches are fixed slices of the wanted list, not of what is left to do: a resumed run (or
+        # another process's shard) then batches images exactly as an uninterrupted run, and batched CPU
+        # kernels, whose rounding depends on batch shape, give the same bytes.
+        todo_ids = {w["id"] for w in todo}
+        batches = [
+            b
+            for k in range(0, len(wanted), batch_size)
+            if (b := [w for w in wanted[k : k + batch_size] if w["id"] in todo_ids])
+        ]
         made: dict[str, dict[str, Any]] = {}
         with ManifestAppender(manifest) as appender:
             bar = (
@@ -218,15 +226,17 @@ def generate_to_folder(
             )
             for batch in bar:
                 result = generator.generate([w["prompt"] for w in batch], [w["seed"] for w in batch], **resolved)
+                batch_rows = []
                 for want, image, secs, nfe in zip(batch, result.images, result.seconds, result.nfe):
                     data = png_bytes(image)
                     atomic_write_bytes(out / want["file"], data)
-                    row = want | {
+                    batch_rows.append(want | {
                         "sha256": sha256_bytes(data), "width": image.width, "height": image.height,
                         "seconds": round(secs, 6), "nfe": nfe if nfe is not None else predicted_nfe,
-                    }  # fmt: skip
-                    appender.append(row)
-                    made[row["id"]] = row
+                    })  # fmt: skip
+                # one write per batch: a kill leaves whole batches done or not, never half of one
+                appender.append(*batch_rows)
+                made |= {row["id"]: row for row in batch_rows}
                 done += len(batch)
                 if on_progress:
                     on_progress(done, len(wanted))

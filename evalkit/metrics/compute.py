@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..metric_names import FEATURE_METRICS, HIGHER_IS_BETTER, RESULT_NAMES  # noqa: F401 (re-exported)
 from .bootstrap import bootstrap_ci, bootstrap_set_ci
 from .clip_score import CLIPScore
 from .cmmd import CMMD
@@ -37,18 +38,8 @@ from .inception_score import InceptionScore
 from .kid import KernelDistance
 from .prdc import DensityCoverage, PrecisionRecall
 
-METRICS: tuple[str, ...] = ("fid", "kid", "cmmd", "pr", "dc", "is", "clip")
-"""Metric names ``compute_metrics`` accepts. ``"pr"`` yields results ``precision`` and ``recall``; ``"dc"``
-yields ``density`` and ``coverage``; every other name yields one result under its own name."""
-
-RESULT_NAMES: dict[str, tuple[str, ...]] = {
-    "fid": ("fid",), "kid": ("kid",), "cmmd": ("cmmd",), "pr": ("precision", "recall"),
-    "dc": ("density", "coverage"), "is": ("is",), "clip": ("clip",),
-}  # fmt: skip
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "fid": False, "kid": False, "cmmd": False, "precision": True, "recall": True,
-    "density": True, "coverage": True, "is": True, "clip": True,
-}  # fmt: skip
+METRICS = FEATURE_METRICS
+"""Metric names ``compute_metrics`` accepts (see ``evalkit.metric_names``)."""
 
 DEFAULTS: dict[str, Any] = {
     "keys": {"fid": "image", "kid": "image", "cmmd": "image", "pr": "image", "dc": "image", "is": "logits",

@@ -1,0 +1,305 @@
+"""The masked generator: aMUSEd (a ``UVit2DModel`` over the zoo's VQ tokens) exported as a real
+``AmusedPipeline``.
+
+Training is MaskGIT's: each image's tokens are masked at a ratio ``cos(u * pi/2)`` with ``u ~ U(0, 1)``
+and the transformer predicts the masked ones (cross-entropy on masked positions only). The text
+encoder and the VQ model are frozen; a caption is replaced by the empty prompt with probability
+``caption_dropout``, which is what the pipeline's classifier-free guidance uses as its negative.
+Sampling is ``AmusedPipeline``'s own: ``num_inference_steps`` is the N-step knob (1..16).
+
+The helpers for token data and text (``encode_text``, ``token_batch``, ``ParamEMA``) are shared with
+the autoregressive generator, which is trained on the same tokens and the same text encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from ..errors import UserError
+from ..shapes.world import sample
+from ..utils import progress
+from . import ZOO_DIR
+from .common import (
+    TrainLog,
+    batch_samples,
+    check_finite,
+    cosine_lr,
+    dirs,
+    load_checkpoint,
+    load_config,
+    render_batch,
+    save_checkpoint,
+    step_generator,
+    step_rng,
+    write_meta,
+)
+from .textenc import load_text_encoder
+from .vq import encode_tokens, load_vq, to_unit
+
+AESTHETIC_SCORE = 6  # AmusedPipeline's default micro-conditioning (with crop (0, 0) and the image size)
+
+# ---------------------------------------------------------------------------------------------- shared data
+
+
+def resolve(path: str | None, default: str) -> Path:
+    """A config path: absolute, relative to the repository root, or the zoo default."""
+    if not path:
+        return ZOO_DIR / default
+    p = Path(path)
+    return p if p.is_absolute() else ZOO_DIR.parent / p
+
+
+def load_text(path: str | Path) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
+    """The frozen tokenizer and text encoder exported by ``python -m evalkit.zoo train text-encoder``."""
+    text_encoder, tokenizer = load_text_encoder(path)
+    text_encoder.requires_grad_(False)
+    return tokenizer, text_encoder
+
+
+@torch.no_grad()
+def encode_text(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection, prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled projected embedding [B, P], penultimate hidden states [B, L, H]), exactly as ``AmusedPipeline``."""
+    ids = tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
+    out = text_encoder(ids, return_dict=True, output_hidden_states=True)
+    return out.text_embeds, out.hidden_states[-2]
+
+
+def token_batch(
+    step: int, cfg: dict[str, Any], vq: VQModel, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch ``step``: VQ tokens [B, h, w] of renders and the text conditioning of their captions, each
+    caption replaced by the empty prompt with probability ``caption_dropout``. A pure function of the step."""
+    samples = batch_samples(step, cfg["batch_size"], cfg["seed"])
+    tokens = encode_tokens(vq, to_unit(render_batch(samples, cfg["image_size"])))
+    rng = step_rng(cfg["seed"], step, "caption-dropout")
+    captions = ["" if rng.random() < cfg["caption_dropout"] else s.caption for s in samples]
+    pooled, hidden = encode_text(tokenizer, text_encoder, captions)
+    return tokens, pooled, hidden
+
+
+class ParamEMA:
+    """Exponential moving average of a module's parameters; the exported weights."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_transformer(model_cfg: dict[str, Any], vq: VQModel, text_encoder: CLIPTextModelWithProjection) -> UVit2DModel:
+    """A ``UVit2DModel`` whose sizes agree with the VQ model and the text encoder (ENV.md's couplings)."""
+    codebook = vq.config.num_vq_embeddings
+    micro = model_cfg.get("micro_cond_encode_dim", 16)
+    sample_size = vq.config.sample_size // 2 ** (len(vq.config.block_out_channels) - 1)
+    return UVit2DModel(
+        hidden_size=model_cfg["hidden_size"],
+        use_bias=False,
+        hidden_dropout=model_cfg.get("dropout", 0.0),
+        attention_dropout=model_cfg.get("dropout", 0.0),
+        cond_embed_dim=text_encoder.config.projection_dim,
+        micro_cond_encode_dim=micro,
+        micro_cond_embed_dim=5 * micro,
+        encoder_hidden_size=text_encoder.config.hidden_size,
+        vocab_size=codebook + 1,  # the last id is the mask token
+        codebook_size=codebook,
+        in_channels=model_cfg["in_channels"],
+        block_out_channels=model_cfg["block_out_channels"],
+        num_res_blocks=model_cfg["num_res_blocks"],
+        downsample=model_cfg.get("downsample", False),
+        upsample=model_cfg.get("downsample", False),
+        block_num_heads=model_cfg["block_num_heads"],
+        num_hidden_layers=model_cfg["num_hidden_layers"],
+        num_attention_heads=model_cfg["num_attention_heads"],
+        intermediate_size=model_cfg["intermediate_size"],
+        sample_size=sample_size,
+    )
+
+
+def mask_tokens(tokens: torch.Tensor, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT's training corruption: per image, mask ``round(L * cos(u pi/2))`` (at least one) random tokens.
+    Returns (input ids, labels with -100 where nothing is to be predicted)."""
+    b = tokens.shape[0]
+    flat = tokens.reshape(b, -1)
+    seq = flat.shape[1]
+    ratio = torch.cos(torch.rand(b, generator=gen) * math.pi / 2)
+    n_masked = (seq * ratio).round().clamp(min=1)
+    ranks = torch.rand(b, seq, generator=gen).argsort(-1).argsort(-1)
+    mask = ranks < n_masked[:, None]
+    inputs = torch.where(mask, torch.full_like(flat, mask_id), flat).view_as(tokens)
+    labels = torch.where(mask, flat, torch.full_like(flat, -100)).view_as(tokens)
+    return inputs, labels
+
+
+def micro_conds(batch: int, image_size: int) -> torch.Tensor:
+    """What ``AmusedPipeline`` passes by default: (width, height, crop x, crop y, aesthetic score)."""
+    values = (image_size, image_size, 0, 0, AESTHETIC_SCORE)
+    return torch.tensor(values, dtype=torch.float32).expand(batch, -1)
+
+
+def masked_loss(
+    transformer: UVit2DModel, tokens: torch.Tensor, pooled: torch.Tensor, hidden: torch.Tensor, gen: torch.Generator,
+    image_size: int,
+) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy of the transformer's predictions at the masked positions."""
+    mask_id = transformer.config.vocab_size - 1
+    inputs, labels = mask_tokens(tokens, mask_id, gen)
+    conds = micro_conds(len(tokens), image_size)
+    logits = transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
+    return F.cross_entropy(logits, labels, ignore_index=-100)  # logits [B, K, h, w], labels [B, h, w]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def make_pipeline(vq, tokenizer, text_encoder, transformer) -> AmusedPipeline:
+    scheduler = AmusedScheduler(mask_token_id=vq.config.num_vq_embeddings, masking_schedule="cosine")
+    return AmusedPipeline(
+        vqvae=vq, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, scheduler=scheduler
+    )
+
+
+def ema_copy(module: torch.nn.Module, ema: ParamEMA) -> torch.nn.Module:
+    """A copy of ``module`` holding the EMA weights, in eval mode (for evaluation during training)."""
+    copy = deepcopy(module)
+    copy.load_state_dict(ema.state_dict())
+    return copy.eval()
+
+
+def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
+    out, work = dirs("masked", out_dir, work_dir)
+    vq = load_vq(resolve(cfg.get("vq_dir"), "vq"))
+    vq.requires_grad_(False)
+    tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
+    torch.manual_seed(cfg["seed"])
+    transformer = build_transformer(cfg["model"], vq, text_encoder)
+    ema = ParamEMA(transformer, cfg["ema_decay"])
+    decay = [p for n, p in transformer.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in transformer.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"], betas=(0.9, 0.99),
+    )  # fmt: skip
+    start, cpu = 0, 0.0
+    ckpt = load_checkpoint(work) if resume else None
+    if ckpt:
+        transformer.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, cpu = ckpt["step"], ckpt["cpu_s"]
+        print(f"resumed at step {start}")
+    log = TrainLog(work, cpu)
+    steps = cfg["steps"]
+    transformer.train()
+    for step in progress(range(start, steps), desc="masked", total=steps - start):
+        lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
+        tokens, pooled, hidden = token_batch(step, cfg, vq, tokenizer, text_encoder)
+        loss = masked_loss(transformer, tokens, pooled, hidden, step_generator(cfg["seed"], step), cfg["image_size"])
+        check_finite(loss, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        ema.update(transformer)
+        done = step + 1
+        if done % cfg["log_every"] == 0:
+            log.write(step=done, loss=round(loss.item(), 4), lr=lr)
+        if done % cfg["checkpoint_every"] == 0 or done == steps:
+            save_checkpoint(work, {"model": transformer.state_dict(), "ema": ema.state_dict(),
+                                   "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
+                                   "config": cfg})  # fmt: skip
+        if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
+            pipe = make_pipeline(vq, tokenizer, text_encoder, ema_copy(transformer, ema))
+            figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **cfg.get("eval_sampling", {}))
+            log.write(step=done, eval=figs)
+            print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)
+    transformer.load_state_dict(ema.state_dict())
+    transformer.eval()
+    pipe = make_pipeline(vq, tokenizer, text_encoder, transformer)
+    pipe.save_pretrained(str(out))
+    figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **cfg.get("eval_sampling", {}))
+    write_meta(out, {"model": "AmusedPipeline", "transformer_params": count_params(transformer),
+                     "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
+                     "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
+                     "oracle_test": figs, "config": cfg})  # fmt: skip
+    log.write(step=steps, final_eval=figs)
+    print(f"masked generator exported to {out}: {figs}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def generated_oracle_figures(
+    pipe, n: int = 200, split: str = "test", seed: int = 12345, batch: int = 25, **call_kwargs: Any
+) -> dict[str, Any]:
+    """Oracle accuracy of a pipeline's images for the split's captions (``call_kwargs`` go to the pipeline).
+    Each chunk of ``batch`` prompts gets its own seeded generator, so the figure is reproducible."""
+    from ..shapes.oracle import evaluate
+
+    samples = sample(n, seed=seed, split=split)
+    images = []
+    pipe.set_progress_bar_config(disable=True)
+    for i in range(0, n, batch):
+        chunk = samples[i : i + batch]
+        gen = torch.Generator().manual_seed(seed + i)
+        images += pipe([s.caption for s in chunk], generator=gen, **call_kwargs).images
+    report = evaluate(zip(images, [s.spec for s in samples]), desc="oracle")
+    return {
+        "oracle": round(report.accuracy, 4),
+        "checks": {k: round(v["accuracy"], 4) for k, v in report.checks.items()},
+        "categories": {k: round(v["accuracy"], 4) for k, v in report.categories.items()},
+        "n": n,
+        **call_kwargs,
+    }
+
+
+def evaluate_cli(args) -> None:
+    """Oracle accuracy at 1, 4 and 12 sampling steps (the recipe's guidance scale)."""
+    model_dir = Path(args.model) if args.model else dirs("masked", None, None)[0]
+    if not (model_dir / "model_index.json").is_file():
+        raise UserError(f"no AmusedPipeline in {model_dir}; train it first: python -m evalkit.zoo train masked")
+    pipe = AmusedPipeline.from_pretrained(str(model_dir))
+    sampling = dict(load_config("masked").get("eval_sampling", {}))
+    figs = {}
+    for steps in (1, 4, 12):
+        sampling["num_inference_steps"] = steps
+        figs[f"{steps} steps"] = generated_oracle_figures(pipe, n=args.n, **sampling)
+    print(json.dumps(figs, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figs, indent=2))

@@ -1,0 +1,275 @@
+"""The zoo's reduced CLIP tokenizer, shared text encoder and diffusion generator (VAE + UNet):
+tokenizer properties, 3-step training smokes of each stage with tiny configs, exact resume, a NaN
+loss stopping with the last checkpoint kept, and the exported StableDiffusionPipeline loading in a
+fresh process and generating deterministically."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit.errors import UserError
+from evalkit.shapes.world import sample
+from evalkit.zoo import diffusion, textenc
+from evalkit.zoo import vae as vae_stage
+from evalkit.zoo.cli import MODELS
+from evalkit.zoo.common import load_checkpoint, load_config
+from evalkit.zoo.tokenizer import EOS, WORDS, build_tokenizer, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TEXT_CFG = {
+    "seed": 0, "image_size": 32, "steps": 3, "batch_size": 8, "lr": 1e-3, "warmup": 1, "weight_decay": 0.1,
+    "hard_negative_weight": 1.0, "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 4,
+    "model": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "projection_dim": 16,
+              "max_length": 32, "image_widths": [8, 8]},
+}  # fmt: skip
+VAE_CFG = {
+    "seed": 0, "image_size": 32, "steps": 3, "batch_size": 4, "lr": 1e-3, "warmup": 1, "edge_weight": 0.5,
+    "kl_weight": 1e-4, "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 4, "scale_n": 8,
+    "oracle_target": 0.0, "model": {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4,
+                                    "norm_num_groups": 4, "mid_block_attention": False},
+}  # fmt: skip
+DIFF_CFG = {
+    "seed": 0, "image_size": 32, "steps": 3, "batch_size": 4, "lr": 1e-3, "warmup": 1, "weight_decay": 0.0,
+    "ema_decay": 0.9, "caption_dropout": 0.25, "describe_prob": 0.25, "min_snr_gamma": 5.0, "cache_size": 6,
+    "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 2, "sample_steps": 2, "guidance_scale": 3.0,
+    "final_guidance_scales": [3.0], "unet_dtype": "float16",
+    "schedule": {"timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
+    "model": {"block_out_channels": [16, 32], "blocks": ["plain", "cross"], "layers_per_block": 1, "heads": 2,
+              "norm_num_groups": 8, "text_time_embedding": True},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def test_shapes_captions_tokenize_as_the_full_bpe(tok):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    full = SimpleTokenizer()
+    texts = [s.caption for s in sample(300, seed=5)] + [s.caption for s in sample(100, seed=5, split="compositional")]
+    texts += list(WORDS)
+    for text in texts:
+        assert tok.tokenize(text) == [full.decoder[i] for i in full.encode(text)], text
+    assert len(tok) < 2000  # the whole point: a token table of ~1.2k rows, not 49,408
+
+
+def test_any_text_tokenizes_and_round_trips(tok):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    text = "a photo of Zürich's quixotic xylophone 😀 at 12:30!"
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.eos_token_id not in ids[1:-1]  # nothing fell back to the unknown (= end-of-text) token
+    assert len(ids) > len(SimpleTokenizer().encode(text)) + 2  # smaller pieces than the full BPE...
+    full = SimpleTokenizer()
+    assert tok.decode(ids, skip_special_tokens=True) == full.decode(full.encode(text)).strip()  # ...same text
+
+
+def test_length_matches_encoder_and_new_tokens_work(tok, tmp_path):
+    assert tok.model_max_length == 32
+    ids = textenc.token_ids(tok, ["a red star", ""])
+    assert ids.shape == (2, 32) and (ids[1, 1:] == tok.eos_token_id).all()
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert len(loaded) == len(tok) and loaded.model_max_length == 32
+    assert loaded.add_tokens("<s*>") == 1
+    assert loaded.tokenize("a <s*> on a white background") == ["a</w>", "<s*>", "on</w>", "a</w>", "white</w>",
+                                                              "background</w>"]  # fmt: skip
+    assert loaded.convert_tokens_to_ids(EOS) == tok.eos_token_id
+
+
+def test_missing_tokenizer_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_registered_with_configs():
+    for name in ("text-encoder", "diffusion-vae", "diffusion"):
+        assert name in MODELS
+        cfg = load_config(name)
+        assert cfg["steps"] > 0
+    assert load_config("text-encoder")["model"]["max_length"] == 32
+
+
+# --------------------------------------------------------------------------- training stages
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killed_at(module, at_step: int, monkeypatch):
+    """Make ``module``'s loop die (as if killed) when it reaches ``at_step``."""
+    real = module.check_finite
+
+    def fake(loss, step):
+        if step == at_step:
+            raise _Killed
+        real(loss, step)
+
+    monkeypatch.setattr(module, "check_finite", fake)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """Each stage trained 3 steps into tmp dirs, in chain order; returns the folders."""
+    root = tmp_path_factory.mktemp("zoo")
+    textenc.train(dict(TEXT_CFG), out_dir=str(root / "te"), work_dir=str(root / "te_work"))
+    vae_stage.train(dict(VAE_CFG), out_dir=str(root / "vae"), work_dir=str(root / "vae_work"))
+    cfg = dict(DIFF_CFG, vae_dir=str(root / "vae"), text_encoder_dir=str(root / "te"))
+    diffusion.train(cfg, out_dir=str(root / "sd"), work_dir=str(root / "sd_work"))
+    return root
+
+
+def test_text_encoder_export_serves_both_pipelines(stages):
+    full, tok = textenc.load_text_encoder(stages / "te")
+    plain, _ = textenc.load_text_encoder(stages / "te", projection=False)
+    assert type(plain).__name__ == "CLIPTextModel" and full.config.max_position_embeddings == tok.model_max_length
+    ids = textenc.token_ids(tok, ["two stars on a black background"])
+    with torch.no_grad():
+        out = full(ids, output_hidden_states=True)
+        assert torch.equal(plain(ids)[0], out.last_hidden_state)  # what StableDiffusionPipeline reads
+        assert out.text_embeds.shape == (1, 16) and len(out.hidden_states) == 2  # what aMUSEd reads
+    meta = json.loads((stages / "te" / "meta.json").read_text())
+    assert meta["steps"] == 3 and set(meta["zero_shot_test"]) >= {"color", "shape", "background"}
+
+
+def test_vae_export_has_scaling_factor_and_oracle_figures(stages):
+    vae = vae_stage.load_vae(stages / "vae")
+    meta = json.loads((stages / "vae" / "meta.json").read_text())
+    assert vae.config.scaling_factor == pytest.approx(meta["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+    assert 0.0 <= meta["reconstruction"]["oracle_full"] <= 1.0 and meta["latent_shape"] == [4, 16, 16]
+
+
+@pytest.mark.parametrize("stage", ["text-encoder", "diffusion-vae", "diffusion"])
+def test_resume_is_exact(stage, stages, tmp_path, monkeypatch):
+    module, cfg = {
+        "text-encoder": (textenc, TEXT_CFG),
+        "diffusion-vae": (vae_stage, VAE_CFG),
+        "diffusion": (diffusion, dict(DIFF_CFG, vae_dir=str(stages / "vae"), text_encoder_dir=str(stages / "te"))),
+    }[stage]
+    cfg = dict(cfg, eval_n=1, final_guidance_scales=[1.0])
+    whole = tmp_path / "whole"
+    module.train(dict(cfg), out_dir=str(tmp_path / "out1"), work_dir=str(whole))
+    parts = tmp_path / "parts"
+    with monkeypatch.context() as m:
+        _killed_at(module, 2, m)
+        with pytest.raises(_Killed):
+            module.train(dict(cfg), out_dir=str(tmp_path / "out2"), work_dir=str(parts))
+    assert load_checkpoint(parts)["step"] == 2
+    module.train(dict(cfg), resume=True, out_dir=str(tmp_path / "out2"), work_dir=str(parts))
+    a, b = load_checkpoint(whole), load_checkpoint(parts)
+    assert b["step"] == 3 and _same_state(a["model"], b["model"])
+    if stage == "diffusion":
+        assert _same_state(a["ema"], b["ema"])
+    rows = [json.loads(line) for line in (parts / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(stages, tmp_path, monkeypatch):
+    calls = []
+    real = diffusion.diffusion_loss
+
+    def poisoned(pred, target, weights):
+        calls.append(1)
+        loss = real(pred, target, weights)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(diffusion, "diffusion_loss", poisoned)
+    cfg = dict(DIFF_CFG, vae_dir=str(stages / "vae"), text_encoder_dir=str(stages / "te"))
+    with pytest.raises(UserError, match="loss became nan at step 1; the last good checkpoint is kept"):
+        diffusion.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    ckpt = load_checkpoint(tmp_path / "work")
+    assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_changed_frozen_parts(stages, tmp_path):
+    cfg = dict(DIFF_CFG, steps=1, vae_dir=str(stages / "vae"), text_encoder_dir=str(stages / "te"))
+    ckpt = {"model": {}, "frozen": {"vae": "other", "text_encoder": "other"}, "step": 1}
+    (tmp_path / "work").mkdir()
+    torch.save(ckpt, tmp_path / "work" / "ckpt.pt")
+    with pytest.raises(UserError, match="changed since checkpoint"):
+        diffusion.train(cfg, resume=True, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+
+
+# --------------------------------------------------------------------------- exported pipeline
+
+_FRESH = """
+import hashlib, json, sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None, requires_safety_checker=False)
+assert type(pipe).__name__ == "StableDiffusionPipeline", type(pipe)
+assert next(pipe.unet.parameters()).dtype == torch.float32
+pipe.set_progress_bar_config(disable=True)
+def run():
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = pipe(["a red star", "two rings on a white background"], num_inference_steps=2, guidance_scale=3.0,
+               generator=gens, output_type="np").images
+    return out
+a, b = run(), run()
+assert np.array_equal(a, b)
+print(json.dumps({"shape": list(a.shape), "sha": hashlib.sha256(a.tobytes()).hexdigest(),
+                  "scaling_factor": pipe.vae.config.scaling_factor, "tokens": len(pipe.tokenizer),
+                  "max_length": pipe.tokenizer.model_max_length,
+                  "positions": pipe.text_encoder.config.max_position_embeddings,
+                  "text_encoder": type(pipe.text_encoder).__name__}))
+"""
+
+
+def test_pipeline_loads_in_fresh_process_and_is_deterministic(stages):
+    import hashlib
+
+    out = stages / "sd"
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert {"vae", "unet", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    assert all(f.suffix != ".bin" for f in out.rglob("*"))  # safetensors only
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fresh["shape"] == [2, 32, 32, 3] and fresh["text_encoder"] == "CLIPTextModel"
+    assert fresh["max_length"] == fresh["positions"] == 32
+    assert fresh["scaling_factor"] == pytest.approx(vae_stage.load_vae(stages / "vae").config.scaling_factor)
+    # the same images in this process: bit-identical across processes
+    pipe = diffusion.load_pipeline(out)
+    prompts = ["a red star", "two rings on a white background"]
+    kw = {"num_inference_steps": 2, "guidance_scale": 3.0, "output_type": "np"}
+    both = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
+    assert hashlib.sha256(both.tobytes()).hexdigest() == fresh["sha"]
+    # per-image seeds: the second image does not depend on what it was batched with
+    alone = pipe(prompts[1:], generator=[torch.Generator().manual_seed(1)], **kw).images[0]
+    np.testing.assert_allclose(alone, both[1], atol=1e-4)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["recommended"]["guidance_scale"] == 3.0 and "3.0" in meta["oracle_single_object_test"]
+
+
+def test_loss_weights_keep_high_noise_and_clamp_low_noise():
+    sched = diffusion.train_scheduler(DIFF_CFG)
+    t = torch.tensor([0, 100, 500, 900, 999])
+    w = diffusion.min_snr_weights(sched, t, 5.0)
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    assert torch.allclose(w, torch.where(snr > 5.0, 5.0 / snr, torch.ones(5)))
+    assert w[-2:].tolist() == [1.0, 1.0] and w[0] < 0.01  # pure-noise steps keep full weight
+    assert diffusion.min_snr_weights(sched, t, None).tolist() == [1.0] * 5

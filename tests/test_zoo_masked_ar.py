@@ -1,0 +1,268 @@
+"""The VQ tokenizer, the masked (aMUSEd) and the autoregressive zoo generators: 3-step training smokes on
+tiny configs (32 px renders, 8x8 tokens), exact resume after an interrupted run, a NaN loss stopping
+with the last checkpoint kept, loading the exports with their libraries' loaders, and the KV cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from evalkit.errors import UserError
+from evalkit.zoo import autoregressive, masked, vq
+from evalkit.zoo.common import load_checkpoint, load_config
+
+TINY_VQ = {
+    "block_out_channels": [16, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "codebook_size": 32,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+    "mid_block_attention": False,
+}
+TINY_MASKED = {
+    "hidden_size": 32,
+    "in_channels": 16,
+    "block_out_channels": 32,
+    "num_res_blocks": 1,
+    "block_num_heads": 2,
+    "downsample": True,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "micro_cond_encode_dim": 8,
+}
+TINY_AR = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+RUN = {
+    "steps": 3, "batch_size": 4, "image_size": 32, "warmup": 1, "log_every": 1, "checkpoint_every": 1,
+    "eval_every": 2, "eval_every_n": 2, "eval_n": 4,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    """A random tiny CLIPTextModelWithProjection with the zoo's reduced tokenizer, in the text-encoder layout."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from evalkit.zoo.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("text-encoder")
+    tok = build_tokenizer()
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=tok.model_max_length, projection_dim=24,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(cfg).save_pretrained(root / "text_encoder")
+    tok.save_pretrained(root / "tokenizer")
+    return root
+
+
+def _cfg(name: str, model: dict, **extra) -> dict:
+    cfg = load_config(name)
+    cfg.update(RUN)
+    cfg["model"] = dict(model)
+    cfg.update(extra)
+    return cfg
+
+
+def _interrupted_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monkeypatch) -> dict:
+    """Run ``cfg`` with a NaN injected into the 3rd loss, check the error and the kept checkpoint, then
+    resume to the end; returns the final checkpoint."""
+    work, out = tmp_path / "work-resumed", tmp_path / "out-resumed"
+    original = getattr(module, loss_name)
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            loss = result[0] if isinstance(result, tuple) else result
+            nan = loss * float("nan")
+            return (nan, *result[1:]) if isinstance(result, tuple) else nan
+        return result
+
+    monkeypatch.setattr(module, loss_name, poisoned)
+    with pytest.raises(UserError, match="at step 2.*last good checkpoint is kept"):
+        module.train(cfg, out_dir=str(out), work_dir=str(work))
+    assert load_checkpoint(work)["step"] == 2
+    assert not out.exists()
+    monkeypatch.setattr(module, loss_name, original)
+    module.train(cfg, resume=True, out_dir=str(out), work_dir=str(work))
+    return load_checkpoint(work)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    """A tiny VQ trained for 3 steps (uninterrupted), shared by the generator tests."""
+    root = tmp_path_factory.mktemp("vq")
+    cfg = _cfg("vq", TINY_VQ)
+    vq.train(cfg, out_dir=str(root / "out"), work_dir=str(root / "work"))
+    return root, cfg
+
+
+def test_vq_exports_a_vqmodel_that_tokenizes_renders(vq_run):
+    root, _ = vq_run
+    model = vq.load_vq(root / "out")
+    assert model.config.lookup_from_codebook and model.config.num_vq_embeddings == 32
+    from evalkit.shapes import render, sample
+
+    x = vq.to_unit([render(s.scene, 32) for s in sample(2, seed=1)])
+    tokens = vq.encode_tokens(model, x)
+    assert tokens.shape == (2, 8, 8) and tokens.dtype == torch.long and int(tokens.max()) < 32
+    rec = vq.decode_tokens(model, tokens)
+    assert rec.shape == x.shape and 0 <= float(rec.min()) and float(rec.max()) <= 1
+    meta = json.loads((root / "out" / "meta.json").read_text())
+    figs = meta["reconstruction_test"]
+    assert figs["n"] == 4 and 0 <= figs["oracle_full_scene"] <= 1 and figs["codes_used"] >= 1
+
+
+def test_vq_resume_after_nan_equals_uninterrupted(vq_run, tmp_path, monkeypatch):
+    root, cfg = vq_run
+    resumed = _interrupted_then_resumed(vq, "vq_loss", cfg, tmp_path, monkeypatch)
+    straight = load_checkpoint(root / "work")
+    _assert_same_state(resumed["model"], straight["model"])
+    for key in ("cluster_size", "embed_sum"):
+        assert torch.equal(resumed["codebook"][key], straight["codebook"][key])
+
+
+def test_ema_codebook_restarts_dead_codes():
+    emb = torch.nn.Embedding(4, 2)
+    book = vq.EMACodebook(emb, decay=0.5)
+    z = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    book.init_from(z[[0, 0, 0, 2]], torch.Generator().manual_seed(0))
+    idx = book.nearest(z)
+    assert idx[0] == idx[1] and idx[2] == idx[3] and idx[0] != idx[2]
+    restarted = book.update(z, idx, torch.Generator().manual_seed(0), dead_threshold=0.75)
+    assert restarted == 2  # two of the three identical codes were never nearest
+    assert all(any(torch.equal(w, row) for row in z) for w in emb.weight[book.cluster_size == 1.0])
+
+
+@pytest.fixture(scope="module")
+def masked_run(vq_run, text_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("masked")
+    cfg = _cfg("masked", TINY_MASKED, vq_dir=str(vq_run[0] / "out"), text_encoder_dir=str(text_dir),
+               eval_sampling={"num_inference_steps": 2, "guidance_scale": 2.0})  # fmt: skip
+    masked.train(cfg, out_dir=str(root / "out"), work_dir=str(root / "work"))
+    return root, cfg
+
+
+def test_masked_resume_after_nan_equals_uninterrupted(masked_run, tmp_path, monkeypatch):
+    root, cfg = masked_run
+    resumed = _interrupted_then_resumed(masked, "masked_loss", cfg, tmp_path, monkeypatch)
+    straight = load_checkpoint(root / "work")
+    _assert_same_state(resumed["model"], straight["model"])
+    _assert_same_state(resumed["ema"], straight["ema"])
+
+
+def test_masked_export_is_an_amused_pipeline_loaded_in_a_fresh_process(masked_run):
+    root, _ = masked_run
+    out = root / "out"
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "AmusedPipeline"
+    assert index["transformer"] == ["diffusers", "UVit2DModel"]
+    assert index["scheduler"] == ["diffusers", "AmusedScheduler"]
+    script = textwrap.dedent(f"""
+        import hashlib, numpy as np, torch
+        from diffusers import AmusedPipeline, DiffusionPipeline
+        pipe = AmusedPipeline.from_pretrained({str(out)!r})
+        pipe.set_progress_bar_config(disable=True)
+        assert type(DiffusionPipeline.from_pretrained({str(out)!r})).__name__ == "AmusedPipeline"
+        def run():
+            g = torch.Generator().manual_seed(7)
+            return pipe(["a red circle", "two blue squares"], num_inference_steps=3, guidance_scale=2.0,
+                        generator=g, output_type="np").images
+        a, b = run(), run()
+        assert a.shape == (2, 32, 32, 3), a.shape
+        assert np.array_equal(a, b)
+        print(hashlib.sha256(a.tobytes()).hexdigest())
+    """)
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    # the same images in this process, from the same files
+    from diffusers import AmusedPipeline
+
+    pipe = AmusedPipeline.from_pretrained(str(out))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(["a red circle", "two blue squares"], num_inference_steps=3, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(7), output_type="np").images  # fmt: skip
+    assert fresh.stdout.strip() == hashlib.sha256(images.tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ar_run(vq_run, text_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("autoregressive")
+    cfg = _cfg("autoregressive", TINY_AR, vq_dir=str(vq_run[0] / "out"), text_encoder_dir=str(text_dir),
+               eval_n=2, eval_sampling={"guidance_scale": 2.0, "top_k": 8})  # fmt: skip
+    autoregressive.train(cfg, out_dir=str(root / "out"), work_dir=str(root / "work"))
+    return root, cfg
+
+
+def test_autoregressive_resume_after_nan_equals_uninterrupted(ar_run, tmp_path, monkeypatch):
+    root, cfg = ar_run
+    resumed = _interrupted_then_resumed(autoregressive, "next_token_loss", cfg, tmp_path, monkeypatch)
+    straight = load_checkpoint(root / "work")
+    _assert_same_state(resumed["model"], straight["model"])
+    _assert_same_state(resumed["optimizer"]["state"][0], straight["optimizer"]["state"][0])
+
+
+def test_autoregressive_kv_cache_gives_the_same_images(ar_run):
+    from evalkit.zoo.ar_pipeline import ARPipeline
+
+    pipe = ARPipeline.from_pretrained(str(ar_run[0] / "out"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(use_kv_cache: bool, output_type: str):
+        gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+        return pipe(["a red circle", "a star", "a green ring"], generator=gens, guidance_scale=2.0,
+                    use_kv_cache=use_kv_cache, output_type=output_type).images  # fmt: skip
+
+    cached, full = run(True, "latent"), run(False, "latent")
+    assert cached.shape == (3, 8, 8)
+    assert torch.equal(cached, full)
+    assert len(set(map(tuple, cached.reshape(3, -1).tolist()))) == 3  # sampling, not a constant
+    images = run(True, "pil")
+    assert images[0].size == (32, 32)
+    # image i depends on its own generator only
+    gen = [torch.Generator().manual_seed(4)]
+    alone = pipe(["a star"], generator=gen, guidance_scale=2.0, output_type="latent").images
+    assert torch.equal(alone[0], cached[1])
+
+
+def test_ar_transformer_cached_logits_match_full_pass():
+    from evalkit.zoo.ar_pipeline import ARTransformer
+
+    torch.manual_seed(0)
+    model = ARTransformer(codebook_size=16, sample_size=4, hidden_size=32, num_layers=2, num_heads=2,
+                          intermediate_size=64, text_hidden_size=8, text_embed_dim=6, max_text_length=5).eval()  # fmt: skip
+    hidden, pooled = torch.randn(2, 5, 8), torch.randn(2, 6)
+    tokens = torch.randint(0, 16, (2, 16))
+    with torch.no_grad():
+        full = model(tokens[:, :-1], encoder_hidden_states=hidden, pooled_text_emb=pooled).logits
+        out = model(tokens[:, :0], encoder_hidden_states=hidden, pooled_text_emb=pooled, use_cache=True)
+        steps = [out.logits]
+        for i in range(4):  # then one token at a time
+            out = model(tokens[:, i : i + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+        out = model(tokens[:, 4:15], past_key_values=out.past_key_values, use_cache=True)  # and a chunk
+        steps.append(out.logits)
+    assert full.shape == (2, 16, 16)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_generators_refuse_a_missing_text_encoder(vq_run, tmp_path):
+    cfg = _cfg("masked", TINY_MASKED, vq_dir=str(vq_run[0] / "out"), text_encoder_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="train it first"):
+        masked.train(cfg, out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
