@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export EVALKIT_PROGRESS ?= 1
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv chromium demo test test-slow lint bench clean
 
 venv: $(STAMP)
 
@@ -24,10 +24,16 @@ demo: $(STAMP)
 	$(BIN)/python -m evalkit shapes make --n 500 --seed 0 --out runs/demo/shapes
 	$(BIN)/python -m evalkit oracle --images runs/demo/shapes --json runs/demo/oracle.json
 
-test: $(STAMP)
+# Browser tests drive Debian's Chromium (never a downloaded browser); install it when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "warning: could not install chromium; browser tests will be skipped"
+
+test: $(STAMP) chromium
 	EVALKIT_PROGRESS=0 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --timeout 900
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) chromium
 	EVALKIT_PROGRESS=0 $(BIN)/python -m pytest -q -m slow --timeout 7200
 
 lint: $(STAMP)

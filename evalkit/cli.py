@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "oracle": ("evalkit.shapes.oracle_cli", "check images against their prompts (shapes world)"),
     "generate": ("evalkit.generators.cli", "generate images for a prompt set into a folder (resumable)"),
     "score": ("evalkit.score", "score generated images against a reference set"),
-    "run": ("evalkit.runner", "run an evaluation recipe (resumable)"),
+    "run": ("evalkit.run_cli", "run an evaluation recipe (resumable)"),
     "leaderboard": ("evalkit.leaderboard", "rank generators from the results database"),
     "report": ("evalkit.report", "write the HTML report of a run"),
 }

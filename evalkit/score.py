@@ -2,8 +2,9 @@
 
 One feature pass per image per extractor feeds every metric (torch-fidelity's ``calculate_metrics``
 idea): generated and reference images are decoded once, encoded once (or found in the feature
-cache, so a second scoring of the same reference runs no network), and FID, KID, CMMD,
-precision/recall, density/coverage and CLIP score all read those features.
+cache by the digest of their file bytes, so a second scoring of the same images decodes nothing
+and runs no network), and FID, KID, CMMD, precision/recall, density/coverage and CLIP score all
+read those features. Images are read and decoded in a background thread while the network runs.
 
 Generated images come from a folder with ``manifest.jsonl`` (rows with ``file``, ``prompt`` and,
 for the shapes world, ``spec``: what ``python -m evalkit generate`` writes) or any layout
@@ -24,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from .data.images import SkipCounter, try_load_image
 from .errors import UserError
-from .features import FeatureCache, FeatureExtractor, encode_texts, extract, get_extractor
+from .features import FeatureCache, FeatureExtractor, encode_texts, get_extractor
+from .features.extract import EncodedImage, extract_images
 from .features.resize import RESIZE_MODES
 from .metrics import DEFAULTS as METRIC_DEFAULTS
 from .metrics import RESULT_NAMES, MetricResult, compute_metrics
@@ -148,12 +149,22 @@ def _jsonable(obj: Any) -> Any:
 
 @dataclass
 class _Side:
-    """Rows of one side, filled while its images stream through the extractor."""
+    """Rows of one side: prompts and specs recorded while its images stream to the extractor, then trimmed to
+    the images that decoded (``keep``)."""
 
     skipped: SkipCounter = field(default_factory=SkipCounter)
     prompts: list[str | None] = field(default_factory=list)
     specs: list[Any] = field(default_factory=list)
     n: int = 0
+
+    def keep(self, kept: list[int]) -> None:
+        self.prompts = [self.prompts[i] for i in kept]
+        self.specs = [self.specs[i] for i in kept]
+        self.n = len(kept)
+
+
+Record = tuple[EncodedImage, str | None, Any]
+"""An image's file bytes, its prompt (or None) and its shapes spec (or None)."""
 
 
 def _prompt_of(row: dict[str, Any]) -> str | None:
@@ -172,7 +183,7 @@ def _manifest_file(path: Path) -> Path | None:
     return None
 
 
-def _manifest_images(manifest: Path, side: _Side) -> Iterator[tuple[Image.Image, str | None, Any]]:
+def _manifest_records(manifest: Path, side: _Side) -> Iterator[Record]:
     """Rows of an ImageSet manifest, read as generators write it (a torn last line is dropped, counted)."""
     from .generators.manifest import read_manifest
 
@@ -188,18 +199,30 @@ def _manifest_images(manifest: Path, side: _Side) -> Iterator[tuple[Image.Image,
         if not isinstance(file, str) or not file:
             side.skipped.add("missing", f"{manifest.name} row {i + 1} has no 'file'")
             continue
-        image = try_load_image(root / file, side.skipped)
-        if image is not None:
-            yield image, _prompt_of(row), row.get("spec")
+        path = root / file
+        try:
+            data = path.read_bytes()
+        except OSError:
+            side.skipped.add("missing", str(path))
+            continue
+        yield EncodedImage(data, str(path)), _prompt_of(row), row.get("spec")
 
 
-def _subset_images(path: str | Path, side: _Side) -> Iterator[tuple[Image.Image, str | None, Any]]:
+def _subset_records(path: str | Path, side: _Side) -> Iterator[Record]:
+    """Rows of a LAION-format subset with their image bytes (decoded by ``extract_images`` only on a cache miss;
+    the subset is unfiltered, so ``load_image``'s default checks are the ones ``LaionSubset.iter_images`` makes)."""
     from .data.laion import load_subset
 
     subset = load_subset(path)
-    for rec, image in subset.iter_images(side.skipped):
+    if not subset.has_images:
+        raise UserError(f"{subset.path} has no images (columns: {', '.join(subset.columns)})")
+    for rec in subset.records(with_images=True):
+        name = rec.path or rec.key
+        if rec.image is None:
+            side.skipped.add("missing", name)
+            continue
         caption = rec.caption.strip() if isinstance(rec.caption, str) and rec.caption.strip() else None
-        yield image, caption, rec.extra.get("spec")
+        yield EncodedImage(rec.image, name), caption, rec.extra.get("spec")
 
 
 def _check_exists(path: str | Path, what: str) -> None:
@@ -207,24 +230,45 @@ def _check_exists(path: str | Path, what: str) -> None:
         raise UserError(f"{what} {path} does not exist")
 
 
-def _images(path: str | Path, side: _Side) -> Iterator[tuple[Image.Image, str | None, Any]]:
+def _records(path: str | Path, side: _Side) -> Iterator[Record]:
     manifest = _manifest_file(Path(path).expanduser())
-    return _manifest_images(manifest, side) if manifest is not None else _subset_images(path, side)
+    return _manifest_records(manifest, side) if manifest is not None else _subset_records(path, side)
 
 
-def _stream(
-    items: Iterator[tuple[Image.Image, str | None, Any]], side: _Side, keep_spec: bool
-) -> Iterator[Image.Image]:
-    """Images for ``extract``, recording each one's prompt (and spec, or its oracle detection) on the way."""
+def _stream(records: Iterator[Record], side: _Side, keep_spec: bool) -> Iterator[EncodedImage]:
+    """Images for ``extract_images``, recording each one's prompt (and spec, or its oracle detection) on the way.
+
+    The oracle looks at pixels, so images with a spec are decoded here when it is asked for; the rest are left
+    to the extractor, which decodes only what its cache doesn't know.
+    """
     if keep_spec:
         from .shapes.oracle import detect  # scipy + skimage: only when the oracle is asked for
 
-    for image, prompt, spec in items:
+    for item, prompt, spec in records:
+        detection = None
+        if keep_spec and spec not in (None, ""):
+            image = try_load_image(item.data, side.skipped, name=item.name)
+            if image is None:
+                continue
+            item = EncodedImage(item.data, item.name, image)
+            detection = (detect(image), spec)
         side.prompts.append(prompt)
-        if keep_spec:
-            side.specs.append((detect(image), spec) if spec not in (None, "") else None)
-        side.n += 1
-        yield image
+        side.specs.append(detection)
+        yield item
+
+
+def _extract_side(
+    ext: FeatureExtractor,
+    path: str | Path,
+    side: _Side,
+    keep_spec: bool,
+    batch_size: int,
+    cache: FeatureCache | None,
+    desc: str,
+) -> dict[str, torch.Tensor]:
+    got = extract_images(ext, _stream(_records(path, side), side, keep_spec), batch_size, cache, desc, side.skipped)
+    side.keep(got.kept)
+    return got.features
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -337,21 +381,13 @@ def score(
     feature_cache = _as_cache(cache)
 
     gen = _Side()
-    gen_feats = extract(
-        ext,
-        _stream(_images(generated, gen), gen, "oracle" in names),
-        batch_size,
-        feature_cache,
-        desc="generated",
-    )
+    gen_feats = _extract_side(ext, generated, gen, "oracle" in names, batch_size, feature_cache, "generated")
     if gen.n == 0:
         raise UserError(f"no generated image could be read from {generated} ({gen.skipped})")
     ref = _Side()
     ref_feats: dict[str, torch.Tensor] | None = None
     if reference is not None and any(m in REFERENCE_METRICS for m in names):
-        ref_feats = extract(
-            ext, _stream(_images(reference, ref), ref, False), batch_size, feature_cache, desc="reference"
-        )
+        ref_feats = _extract_side(ext, reference, ref, False, batch_size, feature_cache, "reference")
         if ref.n == 0:
             raise UserError(f"no reference image could be read from {reference} ({ref.skipped})")
 

@@ -3,6 +3,9 @@
 Rows are appended one at a time after their PNG is in place (flushed and fsynced), so a killed run
 leaves at worst one torn last line, which :func:`read_manifest` drops. A row names its image by
 ``file`` (relative to the folder) and pins its bytes by ``sha256``.
+
+A distributed run writes one shard manifest per process (``manifest.shard<rank>.jsonl``, same row format) and
+folds them into ``manifest.jsonl`` when every process is done (see ``to_folder.merge_shard_manifests``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,21 @@ from PIL import Image
 from ..utils import atomic_write_text, sha256_file
 
 MANIFEST_NAME = "manifest.jsonl"
+_SHARD_NAME = re.compile(r"manifest\.shard(\d+)\.jsonl")
+
+
+def shard_manifest_name(rank: int) -> str:
+    """The manifest process ``rank`` of a distributed run appends to."""
+    return f"manifest.shard{int(rank)}.jsonl"
+
+
+def shard_manifests(folder: str | Path) -> list[Path]:
+    """Shard manifests present in ``folder`` (of this or an earlier, perhaps killed, distributed run), by rank."""
+    found = []
+    for path in Path(folder).glob("manifest.shard*.jsonl"):
+        if m := _SHARD_NAME.fullmatch(path.name):
+            found.append((int(m.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 @dataclass

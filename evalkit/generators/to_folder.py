@@ -5,6 +5,12 @@ then its manifest row is appended and fsynced, so after a kill every row points 
 On a rerun, rows whose image still exists with the recorded sha256 are reused; a torn last line,
 missing or altered images are dropped from the manifest and regenerated. Rows made with another
 generator, params or seed for the same image id are an error, never silently mixed.
+
+Distributed (``shard=(rank, world)``): the batches are cut from the full list as always, and process ``rank``
+takes a contiguous block of them (``evalkit.distributed.shard_slice``), so every image comes from the same batch
+as in a one-process run. Each process appends to its own ``manifest.shard<rank>.jsonl``; once all are done,
+``merge_shard_manifests`` folds the shards into ``manifest.jsonl``. An unsharded call folds leftover shards (of a
+killed distributed run) in first, so such a run resumes in one process or in several.
 """
 
 from __future__ import annotations
@@ -20,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from ..data.prompts import Prompt, PromptSet
+from ..distributed import shard_slice
 from ..errors import UserError
 from ..utils import atomic_write_bytes, progress, sha256_bytes
 from .base import Generator
-from .manifest import MANIFEST_NAME, ManifestAppender, png_bytes, read_manifest, rewrite_manifest, row_file_ok
+from .manifest import (
+    MANIFEST_NAME,
+    ManifestAppender,
+    png_bytes,
+    read_manifest,
+    rewrite_manifest,
+    row_file_ok,
+    shard_manifest_name,
+    shard_manifests,
+)
 
 LOCK_NAME = ".generate.lock"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -62,7 +78,8 @@ def as_prompts(prompts: str | PromptSet | Sequence[Prompt | str]) -> list[Prompt
 @dataclass
 class FolderResult:
     """What ``generate_to_folder`` did. ``rows`` are the manifest rows of the requested images, in
-    prompt order then image order; ``dropped`` counts stale manifest rows removed, by reason."""
+    prompt order then image order; ``dropped`` counts stale manifest rows removed, by reason. With ``shard``
+    set, ``rows``, ``generated`` and ``reused`` cover that process's block of images only."""
 
     out: Path
     manifest: Path
@@ -71,6 +88,7 @@ class FolderResult:
     rows: list[dict[str, Any]]
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
 
     @property
     def total(self) -> int:
@@ -89,25 +107,38 @@ class FolderResult:
 
 
 class _FolderLock:
-    """One writer per folder: a second generate into the same folder fails at once instead of interleaving."""
+    """One writer per folder: a second generate into the same folder fails at once instead of interleaving.
 
-    def __init__(self, out: Path):
-        self.path = out / LOCK_NAME
+    The shards of a distributed run hold the folder lock shared, plus an exclusive lock of their own shard, so
+    they write side by side but never next to an unsharded writer or a second copy of the same shard.
+    """
+
+    def __init__(self, out: Path, shard: int | None = None):
+        self.paths = [(out / LOCK_NAME, fcntl.LOCK_EX if shard is None else fcntl.LOCK_SH)]
+        if shard is not None:
+            self.paths.append((out / f".generate.shard{shard}.lock", fcntl.LOCK_EX))
+        self.out = out
+        self._files: list = []
 
     def __enter__(self) -> _FolderLock:
-        self._f = open(self.path, "w")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.close()
-            raise UserError(
-                f"another process is generating into {self.path.parent}; wait for it or use another --out"
-            ) from None
+        for path, mode in self.paths:
+            f = open(path, "w")
+            try:
+                fcntl.flock(f, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                self.__exit__()
+                raise UserError(
+                    f"another process is generating into {self.out}; wait for it or use another --out"
+                ) from None
+            self._files.append(f)
         return self
 
     def __exit__(self, *exc) -> None:
-        fcntl.flock(self._f, fcntl.LOCK_UN)
-        self._f.close()
+        for f in reversed(self._files):
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+        self._files.clear()
 
 
 def _canonical(value: Any) -> Any:
@@ -122,29 +153,59 @@ def _conflict(row: dict[str, Any], want: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_existing(out: Path, manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """Valid rows by id (last one wins) after dropping torn lines and rows whose image is gone or altered;
-    the manifest is rewritten without the dropped rows so new rows append after complete lines only."""
-    read = read_manifest(manifest)
-    dropped = dict(read.dropped)
-    kept: dict[str, dict[str, Any]] = {}
-    keep_rows: list[dict[str, Any]] = []
-    for row in read.rows:
-        reason = row_file_ok(out, row)
-        if reason is None and not isinstance(row.get("id"), str):
-            reason = "row without id"
-        if reason:
-            dropped[reason] = dropped.get(reason, 0) + 1
-            continue
-        if row["id"] in kept:
-            dropped["superseded row"] = dropped.get("superseded row", 0) + 1
-            keep_rows.remove(kept[row["id"]])
-        kept[row["id"]] = row
-        keep_rows.append(row)
-    torn_tail = manifest.is_file() and manifest.stat().st_size > 0 and not manifest.read_bytes().endswith(b"\n")
-    if dropped or torn_tail:
-        rewrite_manifest(manifest, keep_rows)
+def _torn_tail(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+
+
+def _load_existing(
+    out: Path, manifest: Path, own: Path | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Valid rows by id (last one wins) of ``manifest`` and any shard manifests, after dropping torn lines and
+    rows whose image is gone or altered.
+
+    Unsharded (``own`` None, the caller holds the folder exclusively): everything is folded into ``manifest``,
+    rewritten without the dropped rows so new rows append after complete lines only, and the shard files are
+    removed. Sharded: the other files are only read (other processes may be appending to them); ``own``, this
+    process's shard manifest, is rewritten when it needs it.
+    """
+    shards = shard_manifests(out)
+    dropped: dict[str, int] = {}
+    kept: dict[str, dict[str, Any]] = {}  # insertion order = manifest order; a superseding row moves to the end
+    for path in [manifest, *shards]:
+        read = read_manifest(path)
+        for reason, count in read.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        valid = []
+        for row in read.rows:
+            reason = row_file_ok(out, row)
+            if reason is None and not isinstance(row.get("id"), str):
+                reason = "row without id"
+            if reason:
+                dropped[reason] = dropped.get(reason, 0) + 1
+            else:
+                valid.append(row)
+        if path == own and (len(valid) < len(read.rows) or read.dropped or _torn_tail(path)):
+            rewrite_manifest(path, valid)
+        for row in valid:
+            if kept.pop(row["id"], None) is not None:
+                dropped["superseded row"] = dropped.get("superseded row", 0) + 1
+            kept[row["id"]] = row
+    if own is None and (dropped or shards or _torn_tail(manifest)):
+        rewrite_manifest(manifest, list(kept.values()))
+        for path in shards:
+            path.unlink()
     return kept, dropped
+
+
+def merge_shard_manifests(out: str | Path) -> dict[str, int]:
+    """Fold the shard manifests of a distributed run into ``manifest.jsonl`` (atomically) and remove them.
+
+    Called by one process once every shard is done (it takes the folder lock exclusively, so it fails at
+    once if a shard is still writing). Returns the stale rows dropped on the way, by reason.
+    """
+    out = Path(out)
+    with _FolderLock(out):
+        return _load_existing(out, out / MANIFEST_NAME)[1]
 
 
 def generate_to_folder(
@@ -157,12 +218,15 @@ def generate_to_folder(
     batch_size: int = 16,
     params: dict[str, Any] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> FolderResult:
     """Write ``n`` images per prompt to ``out`` (PNG + ``manifest.jsonl``); resume whatever is already there.
 
     ``generator`` is a spec for :func:`~evalkit.generators.load` or a loaded generator; ``params`` are
     generic generation params (``steps``, ``guidance``, ``size``, ...). Image ``j`` of prompt ``i`` uses
     seed ``derive_seed(seed, i, j)``. ``on_progress(done, total)`` is called after each batch (for UIs).
+    ``shard=(rank, world)``: make only process ``rank``'s block of batches, appending to its shard manifest
+    (see the module docstring); call :func:`merge_shard_manifests` once all processes are done.
     Manifest rows hold id, prompt, prompt_id, category, spec, seed, image_index, generator, family,
     params, file, sha256, width, height, seconds and nfe.
     """
@@ -170,6 +234,8 @@ def generate_to_folder(
         raise UserError(f"n (images per prompt) must be at least 1, got {n}")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
     if isinstance(generator, str):
         from .loading import load
 
@@ -182,8 +248,9 @@ def generate_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST_NAME
     t0 = time.perf_counter()
-    with _FolderLock(out):
-        existing, dropped = _load_existing(out, manifest)
+    own = out / shard_manifest_name(shard[0]) if shard is not None else None
+    with _FolderLock(out, None if shard is None else shard[0]):
+        existing, dropped = _load_existing(out, manifest, own)
         wanted: list[dict[str, Any]] = []
         for i, prompt in enumerate(items):
             for j in range(n):
@@ -193,32 +260,29 @@ def generate_to_folder(
                     "image_index": j, "generator": generator.name, "family": generator.family,
                     "params": resolved, "file": image_file_name(prompt.id, j),
                 })  # fmt: skip
-        todo = []
-        for want in wanted:
+        for want in wanted:  # every process checks every image, so all of them refuse alike
             row = existing.get(want["id"])
-            if row is None:
-                todo.append(want)
-            elif why := _conflict(row, want):
+            if row is not None and (why := _conflict(row, want)):
                 raise UserError(
                     f"{out} already holds image {want['id']} made differently ({why}); "
                     "use a new output folder, or delete this one to start over"
                 )
-        reused = len(wanted) - len(todo)
-        done = reused
-        if on_progress:
-            on_progress(done, len(wanted))
-        predicted_nfe = generator.nfe(**resolved)
         # Batches are fixed slices of the wanted list, not of what is left to do: a resumed run (or
         # another process's shard) then batches images exactly as an uninterrupted run, and batched CPU
         # kernels, whose rounding depends on batch shape, give the same bytes.
-        todo_ids = {w["id"] for w in todo}
-        batches = [
-            b
-            for k in range(0, len(wanted), batch_size)
-            if (b := [w for w in wanted[k : k + batch_size] if w["id"] in todo_ids])
-        ]
+        slices = [wanted[k : k + batch_size] for k in range(0, len(wanted), batch_size)]
+        if shard is not None:
+            slices = slices[shard_slice(len(slices), *shard)]
+        mine = [w for s in slices for w in s]
+        todo_ids = {w["id"] for w in mine if w["id"] not in existing}
+        batches = [b for s in slices if (b := [w for w in s if w["id"] in todo_ids])]
+        reused = len(mine) - len(todo_ids)
+        done = reused
+        if on_progress:
+            on_progress(done, len(mine))
+        predicted_nfe = generator.nfe(**resolved)
         made: dict[str, dict[str, Any]] = {}
-        with ManifestAppender(manifest) as appender:
+        with ManifestAppender(own or manifest) as appender:
             bar = (
                 progress(batches, desc=f"generate {generator.name}", total=len(batches), unit="batch")
                 if batches
@@ -239,6 +303,7 @@ def generate_to_folder(
                 made |= {row["id"]: row for row in batch_rows}
                 done += len(batch)
                 if on_progress:
-                    on_progress(done, len(wanted))
-    rows = [made.get(w["id"]) or existing[w["id"]] for w in wanted]
-    return FolderResult(out, manifest, len(todo), reused, rows, time.perf_counter() - t0, dropped)
+                    on_progress(done, len(mine))
+    rows = [made.get(w["id"]) or existing[w["id"]] for w in mine]
+    seconds = time.perf_counter() - t0
+    return FolderResult(out, own or manifest, len(todo_ids), reused, rows, seconds, dropped, shard)

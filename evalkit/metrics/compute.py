@@ -10,6 +10,12 @@ all rows in the same image order. Names used by default (change them with ``keys
 
 ``keys`` maps a metric to another name, e.g. ``keys={"fid": "inception", "kid": "inception"}`` when the
 runner extracted two feature kinds, or ``keys={"clip": ("clip_image", "clip_text")}``.
+
+Distributed (``torch.distributed`` initialized): every process calls ``compute_metrics`` with its own shard of
+``real`` and ``fake`` and gets the figures of the union; the metrics' states are gathered by torchmetrics' own
+sync (sums for FID and the CLIP mean, concatenation in rank order for the feature buffers and per-image CLIP
+scores). Pass ``reference_as_state=True`` so FID counts the real shards as synced states rather than as fixed
+reference statistics (which every process would hold whole). ``set_ci`` is not available there.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "keys": {"fid": "image", "kid": "image", "cmmd": "image", "pr": "image", "dc": "image", "is": "logits",
              "clip": ("image", "text")},
     "real_stats": None,  # FeatureStats of the reference: FID uses it instead of real[keys["fid"]]
+    "reference_as_state": False,  # FID adds real[keys["fid"]] to its synced states (each process has a shard)
     "max_samples": DEFAULT_MAX_SAMPLES,  # per-side cap for KID, CMMD, PR, DC, IS (deterministic sample)
     "seed": 0,  # KID subsets, buffer sampling, bootstrap
     "kid_subsets": 100,
@@ -143,6 +150,8 @@ def compute_metrics(
     bad = [m for m in names if m not in METRICS]
     if bad:
         raise MetricInputError(f"compute_metrics: unknown metric(s) {bad}; choose from {list(METRICS)}")
+    if opt["reference_as_state"] and (opt["real_stats"] is not None or opt["set_ci"]):
+        raise MetricInputError("compute_metrics: reference_as_state takes the real features, not real_stats or set_ci")
     out: dict[str, MetricResult] = {}
     for name in names:
         out.update(_COMPUTE[name](real, fake, opt))
@@ -162,6 +171,13 @@ def _set_ci(opt: dict[str, Any], fn: Any, real: Tensor | None, fake: Tensor) -> 
 def _fid(real: Mapping[str, Any] | None, fake: Mapping[str, Any], opt: dict[str, Any]) -> dict[str, MetricResult]:
     key = opt["keys"]["fid"]
     fake_x = _get(fake, key, "fake", "FID")
+    if opt["reference_as_state"]:  # the real shard joins the synced sums, like the fake one
+        metric = FrechetDistance(fake_x.shape[1])
+        metric.update(_get(real, key, "real", "FID"), real=True)
+        metric.update(fake_x, real=False)
+        value = metric.compute()
+        n_real, n_fake = metric.stats(real=True).n, metric.stats(real=False).n
+        return {"fid": _result("fid", value, n_fake, None, n_real=n_real)}
     ref: FeatureStats = opt["real_stats"] or FeatureStats.from_features(_get(real, key, "real", "FID"))
     metric = FrechetDistance(fake_x.shape[1], reference=ref)
     metric.update(fake_x, real=False)

@@ -20,7 +20,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..shapes.render import render
-from ..shapes.world import BACKGROUNDS, COLORS, RELATIONS, SHAPES, caption_for, describe, perturb, sample
+from ..shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    OPPOSITE,
+    RELATIONS,
+    SHAPES,
+    caption_for,
+    describe,
+    perturb,
+    sample,
+)
 from ..utils import progress
 from .common import (
     TrainLog,
@@ -87,7 +97,13 @@ def make_batch(step: int, cfg: dict[str, Any]) -> tuple[torch.Tensor, list[str],
     texts, negs = [], []
     for s in samples:
         spec = s.spec if rng.random() < 0.5 else describe(s.scene, rng)
-        neg = perturb(spec, rng)
+        # relations are what contrastive training learns last (bag-of-words captions); when a caption
+        # states one, its negative is usually the same caption with the relation reversed
+        if spec.relation and rng.random() < cfg.get("relation_negative_rate", 0.0):
+            a, rel, b = spec.relation
+            neg = replace(spec, relation=(a, OPPOSITE[rel], b))
+        else:
+            neg = perturb(spec, rng)
         phrasing = rng.randrange(1 << 30)
         texts.append(caption_for(spec, random.Random(phrasing)))
         negs.append(caption_for(neg, random.Random(phrasing)))
