@@ -18,12 +18,14 @@ from ..utils import progress
 from .ar_pipeline import ARPipeline, ARTransformer
 from .common import (
     TrainLog,
+    adamw,
     check_finite,
     cosine_lr,
     dirs,
     load_checkpoint,
     load_config,
     save_checkpoint,
+    set_lr,
     write_meta,
 )
 from .masked import ParamEMA, count_params, ema_copy, generated_oracle_figures, load_text, resolve, token_batch
@@ -66,13 +68,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     torch.manual_seed(cfg["seed"])
     transformer = build_transformer(cfg["model"], vq, text_encoder)
     ema = ParamEMA(transformer, cfg["ema_decay"])
-    decay = [p for n, p in transformer.named_parameters() if p.ndim >= 2 and "embed" not in n and "text_pos" not in n]
-    ids = {id(p) for p in decay}
-    no_decay = [p for p in transformer.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], betas=(0.9, 0.95),
-    )  # fmt: skip
+    opt = adamw(transformer, cfg, betas=(0.9, 0.95), no_decay=("embed", "text_pos"))
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
     if ckpt:
@@ -86,8 +82,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     transformer.train()
     for step in progress(range(start, steps), desc="autoregressive", total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden = token_batch(step, cfg, vq, tokenizer, text_encoder)
         loss = next_token_loss(transformer, tokens, pooled, hidden)

@@ -76,6 +76,29 @@ def cosine_lr(step: int, total: int, base: float, warmup: int, final_frac: float
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def adamw(
+    module: torch.nn.Module,
+    cfg: dict[str, Any],
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    no_decay: tuple[str, ...] = ("embed",),
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: not on biases, norms or parameters whose name holds one of
+    ``no_decay`` (embeddings), as in nanoGPT and open_clip."""
+    named = list(module.named_parameters())
+    decays = [p.ndim >= 2 and not any(s in n for s in no_decay) for n, p in named]
+    groups = [
+        {"params": [p for (_, p), d in zip(named, decays) if d], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for (_, p), d in zip(named, decays) if not d], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=betas, eps=eps)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def save_checkpoint(work: Path, state: dict[str, Any]) -> None:
     """Atomic: a run killed while saving keeps the previous checkpoint."""
     tmp = work / "ckpt.pt.tmp"

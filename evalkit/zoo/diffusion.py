@@ -46,6 +46,7 @@ from .common import (
     load_checkpoint,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_generator,
     step_rng,
     write_meta,
@@ -257,8 +258,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     t_last = time.time()
     for step in progress(range(start, steps), desc=NAME, total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         rows = batch_indices(step, cfg)
         with torch.no_grad():
             ctx = text_encoder(token_ids(tok, batch_captions(step, rows, pool, cfg)))[0]

@@ -34,6 +34,7 @@ from ..shapes.world import (
 from ..utils import progress
 from .common import (
     TrainLog,
+    adamw,
     batch_samples,
     check_finite,
     cosine_lr,
@@ -42,6 +43,7 @@ from .common import (
     load_checkpoint,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_generator,
     step_rng,
     write_meta,
@@ -115,12 +117,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     out, work = dirs("judge", out_dir, work_dir)
     torch.manual_seed(cfg["seed"])
     model, tokenizer = build(cfg["model"], work)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
+    opt = adamw(model, cfg, betas=(0.9, 0.98), eps=1e-6, no_decay=("embedding",))
     clip_loss = open_clip.ClipLoss()
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
@@ -135,8 +132,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     bar = progress(range(start, steps), desc="judge", total=steps - start)
     for step in bar:
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         x, texts, negs = make_batch(step, cfg)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokenizer(texts + negs), normalize=True)

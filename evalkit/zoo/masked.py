@@ -30,6 +30,7 @@ from ..utils import progress
 from . import ZOO_DIR
 from .common import (
     TrainLog,
+    adamw,
     batch_samples,
     check_finite,
     cosine_lr,
@@ -38,6 +39,7 @@ from .common import (
     load_config,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_generator,
     step_rng,
     write_meta,
@@ -206,12 +208,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     torch.manual_seed(cfg["seed"])
     transformer = build_transformer(cfg["model"], vq, text_encoder)
     ema = ParamEMA(transformer, cfg["ema_decay"])
-    decay = [p for n, p in transformer.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in transformer.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], betas=(0.9, 0.99),
-    )  # fmt: skip
+    opt = adamw(transformer, cfg, betas=(0.9, 0.99))
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
     if ckpt:
@@ -225,8 +222,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     transformer.train()
     for step in progress(range(start, steps), desc="masked", total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden = token_batch(step, cfg, vq, tokenizer, text_encoder)
         loss = masked_loss(transformer, tokens, pooled, hidden, step_generator(cfg["seed"], step), cfg["image_size"])

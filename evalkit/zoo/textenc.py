@@ -32,6 +32,7 @@ from ..shapes.world import caption_for, describe, perturb
 from ..utils import progress
 from .common import (
     TrainLog,
+    adamw,
     batch_samples,
     check_finite,
     cosine_lr,
@@ -40,6 +41,7 @@ from .common import (
     load_checkpoint,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_rng,
     write_meta,
 )
@@ -156,12 +158,7 @@ def _contrastive_loss(img: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, s
 def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
     out, work = dirs(NAME, out_dir, work_dir)
     pair, tok = build(cfg)
-    decay = [p for n, p in pair.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in pair.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": rest, "weight_decay": 0.0}],
-        lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
+    opt = adamw(pair, cfg, betas=(0.9, 0.98), eps=1e-6, no_decay=("embedding",))
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
     if ckpt:
@@ -174,8 +171,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     pair.train()
     for step in progress(range(start, steps), desc=NAME, total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         x, texts, negs = make_batch(step, cfg)
         img = pair.encode_image(x, normalize=True)
         txt = pair.encode_text(token_ids(tok, texts + negs), normalize=True)

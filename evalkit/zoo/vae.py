@@ -37,6 +37,7 @@ from .common import (
     load_checkpoint,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_generator,
     write_meta,
 )
@@ -153,8 +154,7 @@ def _train_steps(
     vae.train()
     for step in progress(range(start, end), desc=NAME, total=end - start):
         lr = cosine_lr(step, cfg["steps"], cfg["lr"], cfg["warmup"])  # constant at its final value past ``steps``
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         x = images_to_tensor(render_batch(batch_samples(step, cfg["batch_size"], cfg["seed"]), cfg["image_size"]))
         posterior = vae.encode(x).latent_dist
         z = (

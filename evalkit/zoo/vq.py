@@ -35,6 +35,7 @@ from .common import (
     load_checkpoint,
     render_batch,
     save_checkpoint,
+    set_lr,
     step_generator,
     write_meta,
 )
@@ -212,8 +213,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     vq.train()
     for step in progress(range(start, steps), desc="vq", total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         x = to_unit(render_batch(batch_samples(step, cfg["batch_size"], cfg["seed"]), size))
         gen = step_generator(cfg["seed"], step)
         if not codebook.initialized:
