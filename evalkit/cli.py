@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("evalkit.run_cli", "run an evaluation recipe (resumable)"),
     "leaderboard": ("evalkit.leaderboard", "rank generators from the results database"),
     "report": ("evalkit.report", "write the HTML report of a run"),
+    "validate": ("evalkit.validity.cli", "measure each metric's validity against the oracle (shapes world)"),
 }
 
 

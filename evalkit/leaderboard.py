@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .metric_names import QUALITY_DIRECTIONS as DIRECTIONS
 from .metric_names import SPEED_DIRECTIONS
-from .results import Result, ResultsDB
+from .results import Result, ResultsDB, Validity
 
 # speed figures are shown but do not enter the win rate
 ORDER = ("oracle", "clip", "fid", "kid", "cmmd", "precision", "recall", "density", "coverage", "is")
@@ -27,7 +27,8 @@ class Leaderboard:
     win_rate: dict[str, float]
     speed: list[str] = field(default_factory=list)
     categories: dict[str, dict[tuple[str, str], Result]] = field(default_factory=dict)  # metric -> (gen, cat)
-    validity: dict[str, float] = field(default_factory=dict)  # metric -> rank agreement with the oracle
+    validity: dict[str, float] = field(default_factory=dict)  # metric -> rank agreement with the oracle (τ)
+    validity_detail: dict[str, Validity] = field(default_factory=dict)  # metric -> everything measured
 
 
 def _rank(values: dict[str, float], higher: bool) -> dict[str, int]:
@@ -86,7 +87,21 @@ def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = 
         ranks |= {(g, m): rk for g, rk in _rank(col, SPEED_DIRECTIONS[m]).items()}
     wr = win_rates(table, DIRECTIONS)
     generators.sort(key=lambda g: -wr.get(g, 0.0) if wr.get(g) == wr.get(g) else 1.0)
-    return Leaderboard(run_ids, generators, metrics, cells, ranks, wr, speed, cats)
+    detail = validity_for(db, cells, metrics)
+    tau = {m: v.kendall_tau for m, v in detail.items() if v.kendall_tau is not None}
+    return Leaderboard(run_ids, generators, metrics, cells, ranks, wr, speed, cats, tau, detail)
+
+
+def validity_for(db: ResultsDB, cells: dict[tuple[str, str], Result], metrics: list[str]) -> dict[str, Validity]:
+    """The stored validity of each metric, measured with the extractor that metric's cells were computed with
+    (a τ of the judge's FID says nothing about an Inception FID column)."""
+    stored = {(v.metric, v.extractor): v for v in db.validity()}
+    out = {}
+    for m in metrics:
+        extractors = {r.extractor for (_, mm), r in cells.items() if mm == m}
+        if len(extractors) == 1 and (v := stored.get((m, extractors.pop()))) is not None:
+            out[m] = v
+    return out
 
 
 def _fmt(v: float | None) -> str:
@@ -141,27 +156,43 @@ def to_markdown(lb: Leaderboard) -> str:
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
     out = [table(_header(lb), rows(lb))]
+    if lb.validity:
+        out.append("\n" + validity_note(lb))
     for metric in ("oracle", "clip"):
         if metric in lb.categories:
             out.append(f"\n**{metric} by category**\n\n" + table(*category_rows(lb, metric)))
     return "\n".join(out) + "\n"
 
 
+def validity_note(lb: Leaderboard) -> str:
+    """One line saying what the τ beside a metric's name is, with each τ's 95% CI."""
+    parts = []
+    for m, v in lb.validity_detail.items():
+        if v.kendall_tau is not None:
+            ci = f" [{v.tau_ci[0]:.2f}, {v.tau_ci[1]:.2f}]" if v.tau_ci else ""
+            parts.append(f"{m} {v.kendall_tau:.2f}{ci}")
+    runs = sorted({v.source_run for v in lb.validity_detail.values() if v.source_run})
+    return (f"τ: Kendall rank agreement of the metric with oracle accuracy over the generators of "
+            f"{', '.join(runs) or 'a sweep run'} (`python -m evalkit validate`; +1 = the oracle's order), "
+            f"95% CI over generators: {'; '.join(parts)}")  # fmt: skip
+
+
 def to_csv(lb: Leaderboard) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["generator", "metric", "category", "value", "ci_lo", "ci_hi", "n", "rank", "win_rate"])
+    w.writerow(["generator", "metric", "category", "value", "ci_lo", "ci_hi", "n", "rank", "win_rate", "validity_tau"])
     for g in lb.generators:
         for m in lb.metrics + lb.speed:
             r = lb.cells.get((g, m))
             if r:
                 lo, hi = r.ci or (None, None)
-                w.writerow([g, m, "", r.value, lo, hi, r.n, lb.ranks.get((g, m), ""), lb.win_rate.get(g)])
+                w.writerow([g, m, "", r.value, lo, hi, r.n, lb.ranks.get((g, m), ""), lb.win_rate.get(g),
+                            lb.validity.get(m, "")])  # fmt: skip
         for m, cells in lb.categories.items():
             for (gg, c), r in sorted(cells.items()):
                 if gg == g:
                     lo, hi = r.ci or (None, None)
-                    w.writerow([g, m, c, r.value, lo, hi, r.n, "", ""])
+                    w.writerow([g, m, c, r.value, lo, hi, r.n, "", "", ""])
     return buf.getvalue()
 
 
@@ -173,6 +204,8 @@ def html_table(head: list[str], body: list[list[str]], cls: str = "lb") -> str:
 
 def to_html(lb: Leaderboard) -> str:
     parts = [html_table(_header(lb), rows(lb))]
+    if lb.validity:
+        parts.append(f"<p>{html.escape(validity_note(lb))}</p>")
     for metric in ("oracle", "clip"):
         if metric in lb.categories:
             parts.append(f"<h3>{metric} by category</h3>" + html_table(*category_rows(lb, metric)))

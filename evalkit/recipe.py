@@ -128,6 +128,8 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
         raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of recipe keys at the top level")
+    if data.get("kind") == "validity":
+        raise UserError(f"{path} is a validity recipe: run `python -m evalkit validate --recipe {path}`")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:

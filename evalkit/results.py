@@ -50,6 +50,21 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run_id, generator, dataset, metric, category, extractor)
 );
 CREATE INDEX IF NOT EXISTS results_metric ON results(metric);
+CREATE TABLE IF NOT EXISTS validity (
+    metric TEXT NOT NULL,
+    extractor TEXT NOT NULL DEFAULT '',
+    kendall_tau REAL,
+    tau_lo REAL,
+    tau_hi REAL,
+    spearman_rho REAL,
+    rho_lo REAL,
+    rho_hi REAL,
+    n_generators INTEGER NOT NULL DEFAULT 0,
+    source_run TEXT NOT NULL DEFAULT '',
+    extra TEXT NOT NULL DEFAULT '{}',
+    updated REAL NOT NULL,
+    PRIMARY KEY (metric, extractor)
+);
 """
 
 
@@ -63,6 +78,26 @@ class Result:
     ci: tuple[float, float] | None = None
     category: str = ""
     extractor: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Validity:
+    """The latest measured validity of one metric with one extractor (``python -m evalkit validate``).
+
+    ``kendall_tau``/``spearman_rho``: rank agreement with oracle accuracy over the generators of ``source_run``
+    (a sweep run); ``extra``: other validity figures, e.g. ``ladders`` (disturbance ladders that worsen
+    monotonically, of how many) and ``validity_json`` (the full report).
+    """
+
+    metric: str
+    extractor: str = ""
+    kendall_tau: float | None = None
+    tau_ci: tuple[float, float] | None = None
+    spearman_rho: float | None = None
+    rho_ci: tuple[float, float] | None = None
+    n_generators: int = 0
+    source_run: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,6 +245,32 @@ class ResultsDB:
             args.append(metric)
         return [_result(r) for r in self.conn.execute(q + " ORDER BY generator, metric, category", args)]
 
+    # validity ---------------------------------------------------------------------------------
+    def put_validity(self, rows: Iterable[Validity]) -> None:
+        """Store the newest validity of each (metric, extractor). Fields a row leaves empty (no τ when the sweep
+        was not measured this time) keep their stored values, and ``extra`` dicts are merged."""
+        with self.conn:
+            for v in rows:
+                old = next((o for o in self.validity(v.metric) if o.extractor == v.extractor), None)
+                if old is not None and v.kendall_tau is None:
+                    v = Validity(v.metric, v.extractor, old.kendall_tau, old.tau_ci, old.spearman_rho, old.rho_ci,
+                                 old.n_generators, old.source_run, {**old.extra, **v.extra})  # fmt: skip
+                elif old is not None:
+                    v = Validity(**{**asdict(v), "extra": {**old.extra, **v.extra}})
+                t_lo, t_hi = v.tau_ci or (None, None)
+                r_lo, r_hi = v.rho_ci or (None, None)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO validity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (v.metric, v.extractor, v.kendall_tau, t_lo, t_hi, v.spearman_rho, r_lo, r_hi, v.n_generators,
+                     v.source_run, json.dumps(v.extra, sort_keys=True), time.time()),
+                )  # fmt: skip
+
+    def validity(self, metric: str | None = None) -> list[Validity]:
+        q, args = "SELECT * FROM validity", ()
+        if metric:
+            q, args = q + " WHERE metric = ?", (metric,)
+        return [_validity(r) for r in self.conn.execute(q + " ORDER BY metric, extractor", args)]
+
     def has_results(self, run_id: str, generator: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM results WHERE run_id=? AND generator=? LIMIT 1", (run_id, generator))
         return row.fetchone() is not None
@@ -224,6 +285,13 @@ def _result(row: sqlite3.Row) -> Result:
     ci = (row["ci_lo"], row["ci_hi"]) if row["ci_lo"] is not None else None
     return Result(row["generator"], row["dataset"], row["metric"], row["value"], row["n"], ci, row["category"],
                   row["extractor"], json.loads(row["extra"]))  # fmt: skip
+
+
+def _validity(row: sqlite3.Row) -> Validity:
+    tau = (row["tau_lo"], row["tau_hi"]) if row["tau_lo"] is not None else None
+    rho = (row["rho_lo"], row["rho_hi"]) if row["rho_lo"] is not None else None
+    return Validity(row["metric"], row["extractor"], row["kendall_tau"], tau, row["spearman_rho"], rho,
+                    row["n_generators"], row["source_run"], json.loads(row["extra"]))  # fmt: skip
 
 
 def result_dict(r: Result) -> dict[str, Any]:
