@@ -1,0 +1,211 @@
+"""Training on the tiny Stable Diffusion pipeline: every method's output loads in a fresh process with
+diffusers' own loaders and reproduces the trained samples; a stopped run resumes to the same weights;
+a NaN loss stops with a clear message and keeps the last good checkpoint; run folders are not clobbered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from evalkit.errors import UserError
+from personalize import training
+from personalize.config import TrainConfig
+from personalize.subjects import HOUSEMARK
+from personalize.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(tiny_sd_dir, tmp_path, method: str, name: str | None = None, **kw) -> TrainConfig:
+    base = dict(method=method, images=str(HOUSEMARK.folder), out=str(tmp_path / (name or method)),
+                model=str(tiny_sd_dir), class_word="square", steps=4, batch_size=2, checkpoint_every=2,
+                validation_every=2, num_validation_images=2, sample_steps=2, guidance=3.0,
+                validation_prompts=["a photo of {token}", "{token} on a brown background"],
+                class_cache=str(tmp_path / "class-cache"), num_class_images=2)  # fmt: skip
+    return TrainConfig(**(base | kw))
+
+
+def weights_of(run: Path, method: str) -> dict[str, torch.Tensor]:
+    if method == "ti":
+        return load_file(run / "learned_embeds.safetensors")
+    if method == "lora":
+        return load_file(run / "pytorch_lora_weights.safetensors")
+    return load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+# A fresh interpreter that knows nothing of personalize: diffusers' loaders only.
+REPRODUCE = r"""
+import json, sys, numpy as np, torch
+from PIL import Image
+from diffusers import StableDiffusionPipeline
+jobs = json.loads(sys.argv[1])
+out = {}
+for job in jobs:
+    run = job["run"]
+    kw = dict(safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(run if job["method"] == "dreambooth" else job["base"], **kw)
+    base_pipe = StableDiffusionPipeline.from_pretrained(job["base"], **kw)
+    if job["method"] == "ti":
+        pipe.load_textual_inversion(run + "/learned_embeds.safetensors", token=job["token"])
+    elif job["method"] == "lora":
+        pipe.load_lora_weights(run)
+    rows = json.load(open(run + "/samples/final/index.json"))
+    call = dict(num_inference_steps=job["steps"], guidance_scale=job["guidance"], height=32, width=32)
+    prompts = [r["prompt"] for r in rows]
+    images = pipe(prompts, generator=[torch.Generator().manual_seed(r["seed"]) for r in rows], **call).images
+    base = base_pipe(prompts, generator=[torch.Generator().manual_seed(r["seed"]) for r in rows], **call).images
+    saved = [np.asarray(Image.open(run + "/samples/final/" + r["file"]), dtype=int) for r in rows]
+    out[job["method"]] = {
+        "max_diff": max(int(np.abs(np.asarray(a, dtype=int) - s).max()) for a, s in zip(images, saved)),
+        "base_diff": max(int(np.abs(np.asarray(a, dtype=int) - s).max()) for a, s in zip(base, saved)),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_outputs_load_with_diffusers_in_a_fresh_process(tiny_sd_dir, tmp_path):
+    jobs = []
+    for method, extra in {"ti": {"num_vectors": 2}, "lora": {"rank": 4, "lora_alpha": 8.0, "lr": 2e-2,
+                          "prior_preservation": True, "train_text_encoder": True},
+                          "dreambooth": {"lr": 1e-3, "prior_preservation": True}}.items():  # fmt: skip
+        cfg = config(tiny_sd_dir, tmp_path, method, **extra)
+        result = train(cfg)
+        run = Path(cfg.out)
+        assert result.weights == [run / {"ti": "learned_embeds.safetensors", "lora": "pytorch_lora_weights.safetensors",
+                                         "dreambooth": "model_index.json"}[method]]  # fmt: skip
+        for f in ("config.json", "run.json", "log.jsonl", "checkpoints/ckpt.pt", "samples/step-000002/index.json"):
+            assert (run / f).is_file(), f
+        assert len(list((run / "samples" / "final").glob("*.png"))) == 4
+        steps = [json.loads(line).get("step") for line in (run / "log.jsonl").read_text().splitlines()]
+        assert steps[:4] == [1, 2, 3, 4]
+        jobs.append({"run": str(run), "base": str(tiny_sd_dir), "method": method, "token": "<s*>", "steps": 2,
+                     "guidance": 3.0})  # fmt: skip
+    emb = load_file(tmp_path / "ti" / "learned_embeds.safetensors")
+    assert list(emb) == ["<s*>"] and emb["<s*>"].shape == (2, 32)
+    lora = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("unet.") for k in lora) and any(k.startswith("text_encoder.") for k in lora)
+    proc = subprocess.run([sys.executable, "-c", REPRODUCE, json.dumps(jobs)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                                                          "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diffs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for method, d in diffs.items():
+        assert d["max_diff"] <= 1, (method, d)  # the same pixels (PNG rounding aside)
+        assert d["base_diff"] > 3, (method, d)  # and the weights do change the images
+
+
+@pytest.mark.parametrize("method", ["ti", "lora", "dreambooth"])
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_sd_dir, tmp_path, method):
+    extra = {"prior_preservation": True} if method != "ti" else {}
+    straight = config(tiny_sd_dir, tmp_path, method, "straight", steps=5, **extra)
+    train(straight)
+
+    def stop_at_3(event):
+        if event.get("step") == 3 and "loss" in event:
+            raise KeyboardInterrupt
+
+    stopped = config(tiny_sd_dir, tmp_path, method, "stopped", steps=5, **extra)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, callback=stop_at_3)
+    run = Path(stopped.out)
+    assert torch.load(run / "checkpoints" / "ckpt.pt", weights_only=False)["step"] == 2
+    assert not (run / "samples" / "final").exists()
+    stopped.resume = True
+    train(stopped)
+    a, b = weights_of(Path(straight.out), method), weights_of(run, method)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    for f in ("000.png", "001.png"):
+        assert np.array_equal(np.asarray(Image.open(Path(straight.out) / "samples/final" / f)),
+                              np.asarray(Image.open(run / "samples/final" / f)))  # fmt: skip
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_sd_dir, tmp_path, monkeypatch):
+    real = training.denoising_loss
+    calls = []
+
+    def nan_at_step_3(*args, **kw):
+        loss, parts = real(*args, **kw)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 4 else loss), parts
+
+    monkeypatch.setattr(training, "denoising_loss", nan_at_step_3)
+    cfg = config(tiny_sd_dir, tmp_path, "lora", steps=6)
+    with pytest.raises(
+        UserError, match=r"loss became nan at step 3: training stopped; the last good checkpoint \(step 2\)"
+    ):
+        train(cfg)
+    run = Path(cfg.out)
+    ckpt = torch.load(run / "checkpoints" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    assert not (run / "pytorch_lora_weights.safetensors").exists()
+    assert "non-finite loss" in (run / "log.jsonl").read_text()
+    monkeypatch.setattr(training, "denoising_loss", real)
+    cfg.resume = True
+    assert train(cfg).weights[0].is_file()  # resumes from the good checkpoint
+
+
+def test_exploding_learning_rate_is_caught(tiny_sd_dir, tmp_path):
+    cfg = config(tiny_sd_dir, tmp_path, "ti", lr=1e30, checkpoint_every=100)
+    with pytest.raises(UserError, match="no checkpoint was written yet; start again with a lower --lr"):
+        train(cfg)
+
+
+def test_run_folders_are_not_clobbered_and_resume_checks_the_config(tiny_sd_dir, tmp_path):
+    cfg = config(tiny_sd_dir, tmp_path, "lora", steps=2, validation_every=0, prior_preservation=True)
+    train(cfg)
+    cache = Path(json.loads((Path(cfg.out) / "run.json").read_text())["class_images"])
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.png")}
+    assert len(stamps) == 2
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train(cfg)
+    changed = config(tiny_sd_dir, tmp_path, "lora", steps=2, validation_every=0, prior_preservation=True,
+                     resume=True, lr=0.5)  # fmt: skip
+    with pytest.raises(UserError, match=r"config differs .*lr: 0.001 -> 0.5"):
+        train(changed)
+    longer = config(tiny_sd_dir, tmp_path, "lora", steps=3, validation_every=0, prior_preservation=True, resume=True)
+    assert train(longer).steps == 3  # more steps is a valid resumption
+    other = config(tiny_sd_dir, tmp_path, "lora", "other", steps=1, validation_every=0, prior_preservation=True)
+    train(other)  # another run of the same model and class prompt reuses the cached class images
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.png")} == stamps
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not a run folder"):
+        train(config(tiny_sd_dir, tmp_path, "lora", "junk"))
+
+
+def test_token_already_in_vocabulary_for_textual_inversion(tiny_sd_dir, tmp_path):
+    with pytest.raises(UserError, match="already in the tokenizer's vocabulary"):
+        train(config(tiny_sd_dir, tmp_path, "ti", token="s"))
+    assert not (tmp_path / "ti").exists()  # refused before the run folder was written
+
+
+def test_per_method_scripts_parse_their_own_arguments(tmp_path):
+    from personalize import dreambooth, dreambooth_lora, textual_inversion
+
+    argv = ["--images", "imgs", "--out", str(tmp_path / "r"), "--steps", "3", "--class-word", "dog"]
+    assert textual_inversion.parse_args(argv + ["--num-vectors", "2"]).method == "ti"
+    cfg = dreambooth.parse_args(argv + ["--prior-preservation", "--train-text-encoder"])
+    assert (cfg.method, cfg.prior_preservation, cfg.train_text_encoder, cfg.steps) == ("dreambooth", True, True, 3)
+    cfg = dreambooth_lora.parse_args(argv + ["--rank", "16", "--validation-prompts", "a {token}", "{token} swims"])
+    assert (cfg.method, cfg.rank, cfg.validation_prompts) == ("lora", 16, ["a {token}", "{token} swims"])
+
+
+@pytest.mark.parametrize("module", ["textual_inversion", "dreambooth", "dreambooth_lora"])
+def test_each_method_script_runs_two_steps(tiny_sd_dir, tmp_path, module):
+    import importlib
+
+    script = importlib.import_module(f"personalize.{module}")
+    argv = ["--images", str(HOUSEMARK.folder), "--out", str(tmp_path / "run"), "--model", str(tiny_sd_dir),
+            "--steps", "2", "--batch-size", "1", "--sample-steps", "1", "--num-validation-images", "1"]  # fmt: skip
+    result = script.main(argv)
+    assert result.steps == 2 and all(w.is_file() for w in result.weights)
