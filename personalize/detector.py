@@ -28,13 +28,12 @@ from scipy import ndimage
 from skimage.color import rgb2lab
 from skimage.measure import label, regionprops
 
-from evalkit.shapes.oracle import DetectedObject, detect, to_rgb_array
+from evalkit.shapes.oracle import DetectedObject, detect, to_rgb_array, working_copy
 from evalkit.shapes.render import SUPERSAMPLE
 from evalkit.shapes.world import BACKGROUNDS, COLORS, ObjectSpec
 
 from .subjects import HOUSEMARK, Subject
 
-MAX_SIDE = 128  # larger images are box-filtered down first, as the oracle does
 MIN_AREA_FRAC = 0.012  # regions smaller than this are speckles (a subject a fifth of the side covers ~0.025)
 MIN_SHARE = (0.12, 0.25)  # least share of the region each of the two colors must cover
 MIN_PATTERN_SHARE = 0.75  # the two colors together: the rest is what closing the gaps between them added
@@ -69,16 +68,6 @@ def _solid(mask: np.ndarray) -> bool:
     """Whether the largest connected piece of ``mask`` holds at least ``MIN_PIECE`` of its pixels."""
     pieces = label(mask, connectivity=2)
     return bool(pieces.max()) and np.bincount(pieces.ravel())[1:].max() >= MIN_PIECE * mask.sum()
-
-
-def _working_copy(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if max(h, w) <= MAX_SIDE:
-        return rgb
-    scale = MAX_SIDE / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    chans = [Image.fromarray(rgb[..., c].astype(np.float32)).resize(size, Image.Resampling.BOX) for c in range(3)]
-    return np.stack([np.asarray(c, dtype=np.float64) for c in chans], axis=2)
 
 
 def name_pixels(rgb: np.ndarray) -> np.ndarray:
@@ -147,7 +136,7 @@ def detect_subject(image: Image.Image | np.ndarray, subject: Subject = HOUSEMARK
     >>> d.present, d.background, d.outline_ok
     (True, 'white', True)
     """
-    rgb = _working_copy(to_rgb_array(image))
+    rgb = working_copy(to_rgb_array(image))
     h, w = rgb.shape[:2]
     names = name_pixels(rgb)
     first, second = (names == _NAMES.index(subject.colors[0])), (names == _NAMES.index(subject.colors[1]))

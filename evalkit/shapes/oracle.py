@@ -155,7 +155,7 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return arr
 
 
-def _working_copy(rgb: np.ndarray) -> np.ndarray:
+def working_copy(rgb: np.ndarray) -> np.ndarray:
     """Box-filter large images down to ``MAX_SIDE`` (the renderer's own filter), so cost stays bounded."""
     h, w = rgb.shape[:2]
     if max(h, w) <= MAX_SIDE:
@@ -287,7 +287,7 @@ def detect(image: Image.Image | np.ndarray, min_area_frac: float = MIN_AREA_FRAC
     >>> s.scene.background, [(o.shape, o.color, o.size) for o in s.scene.objects]
     ('gray', [('star', 'green', 'large')])
     """
-    rgb = _working_copy(to_rgb_array(image))
+    rgb = working_copy(to_rgb_array(image))
     h, w = rgb.shape[:2]
     side = math.sqrt(h * w)
     min_area = min_area_frac * h * w
