@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from .data.images import SkipCounter, try_load_image
 from .data.laion import load_subset
 from .data.prompts import load_prompts
 from .errors import UserError
-from .features import FeatureCache, encode_texts, extract, get_extractor
+from .features import FeatureCache, FeatureExtractor, encode_texts, extract, get_extractor
 from .generators import generate_to_folder
 from .generators import load as load_generator
 from .generators.to_folder import merge_shard_manifests
@@ -169,8 +169,12 @@ def run(
     db_path: str | Path | None = None,
     cache: FeatureCache | None = None,
     on_stage: Callable[[str], None] | None = None,
+    loaded_extractors: Mapping[str, FeatureExtractor] | None = None,
 ) -> RunReport:
     """Run a recipe end to end and store its figures; returns what was done.
+
+    ``loaded_extractors`` maps extractor specs to extractors already loaded (a server keeps them across runs); specs
+    not in it are loaded here.
 
     Under a multi-process launch every process calls this and returns the same counts and figures; rank 0
     alone writes them to the results store and writes the report (``report.report`` is None elsewhere).
@@ -193,7 +197,8 @@ def run(
             f"{n_batches} batches of images cannot be shared by {world} processes; lower batch_size or launch fewer"
         )
     # models load before anything is written, so a missing one stops the run with nothing half-done
-    extractors = [get_extractor(spec) for spec in recipe.extractors] if feature_metrics else []
+    loaded = loaded_extractors or {}
+    extractors = [loaded.get(spec) or get_extractor(spec) for spec in recipe.extractors] if feature_metrics else []
     for g in recipe.generators:
         load_generator(g.spec)
     out_dir = recipe.out_dir
