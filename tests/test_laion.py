@@ -282,6 +282,30 @@ def test_manifest_folder(tmp_path, cache):
     assert sub.skipped.as_dict() == {"missing": 1}
 
 
+def test_manifest_keeps_nested_and_mixed_values(tmp_path, cache):
+    """A generated folder's manifest carries the shapes spec: a mixed-type relation list must come back as
+    written (arrow's JSON reader would make it all strings), and a seed that is int or null stays an int."""
+    d = tmp_path / "gen"
+    d.mkdir()
+    spec = {"objects": [{"shape": "circle", "color": "red"}, {"shape": "star"}], "relation": [0, "above", 1]}
+    rows = [
+        {"file": "000.png", "prompt": "a red circle above a star", "seed": 3, "spec": spec},
+        {"file": "001.png", "prompt": "a star", "seed": None, "spec": {"objects": [{"shape": "star"}], "relation": None}},
+        {"file": "002.png", "prompt": "x", "seed": 4, "spec": None, "score": 1},
+        {"file": "003.png", "prompt": "y", "seed": 5, "score": 2.5},
+    ]
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:
+        (d / r["file"]).write_bytes(png())
+    recs = list(load_subset(d).records(False))
+    assert recs[0].extra["spec"] == spec and recs[0].extra["seed"] == 3
+    assert recs[1].extra["spec"]["relation"] is None and recs[1].extra.get("seed") is None
+    assert [r.extra.get("score") for r in recs] == [None, None, 1.0, 2.5]
+    (d / "manifest.jsonl").write_text('{"file": "000.png"}\nnot json\n')
+    with pytest.raises(UserError, match="manifest.jsonl:2: not a JSON line"):
+        load_subset(d)
+
+
 def test_layout_errors(tmp_path, cache):
     with pytest.raises(UserError, match="no such file"):
         load_subset(tmp_path / "nothing")

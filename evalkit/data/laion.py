@@ -224,6 +224,35 @@ def _webdataset_features(tars: list[Path]):
     return datasets.Features(feats)
 
 
+def _manifest_features(files: list[Path]):
+    """Explicit features for ``manifest.jsonl`` rows: arrow's JSON reader turns a mixed-type list such as
+    the shapes world's ``relation: [0, "above", 1]`` into strings; ``Json()`` keeps nested values as they
+    are. Scalar columns keep their one type; a column whose type varies across rows becomes ``Json()``."""
+    import datasets
+
+    scalar = {str: "string", bool: "bool", int: "int64", float: "float64"}
+    kinds: dict[str, set[str]] = {}
+    for f in files:
+        for line_no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{f}:{line_no}: not a JSON line ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{f}:{line_no}: each line must be a JSON object")
+            for k, v in row.items():
+                kinds.setdefault(k, set()).add("null" if v is None else scalar.get(type(v), "json"))
+    feats: dict[str, Any] = {}
+    for k, seen in kinds.items():
+        seen.discard("null")
+        if seen == {"int64", "float64"}:
+            seen = {"float64"}
+        feats[k] = datasets.Value(seen.pop()) if len(seen) == 1 and "json" not in seen else datasets.Json()
+    return datasets.Features(feats)
+
+
 def _load_dataset(layout: str, path: Path, files: list[Path], cache_dir: Path):
     import datasets
 
@@ -238,7 +267,7 @@ def _load_dataset(layout: str, path: Path, files: list[Path], cache_dir: Path):
     elif layout == "manifest":
         if not files[0].read_text(encoding="utf-8").strip():
             raise UserError(f"{files[0]} is empty: no images listed")
-        ds = _load("json", what, cache_dir, data_files=data_files)
+        ds = _load("json", what, cache_dir, data_files=data_files, features=_manifest_features(files))
     else:
         # data_dir (not the file list) so an HF metadata.jsonl/csv beside the images is read too
         ds = _load("imagefolder", str(path), cache_dir, data_dir=str(path), drop_labels=True)
