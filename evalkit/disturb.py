@@ -10,7 +10,9 @@ damage on top of a lower one.
 Disturbances (strengths in :data:`LEVELS`, level 0 = the image unchanged). Level 1 is stronger than in
 the paper for blur and swirl: the judge is trained to ignore generator-like softness (blur of σ ≈ 1, mild
 noise), so a level only counts as damage once it is well past that. Black squares stay small because
-large ones turn every picture into "mostly black", which then looks closer to the black-background renders.
+large ones turn every picture into "mostly black", which then looks closer to the black-background renders;
+their sides step by 0.05 because the judge's FID barely moves between 0.07 and 0.09 (measured: 529 vs 531
+on 300 renders), so closer levels can swap places by sampling noise.
 
 - ``gaussian_noise``: ``(1 - α) x + α N``, N a Gaussian noise image (mean 127.5, sd 64, per pixel and channel);
 - ``gaussian_blur``: Gaussian filter of sd ``σ · side / 64`` pixels (σ is given for a 64 px image);
@@ -35,7 +37,7 @@ Seed = int | Sequence[int]
 LEVELS: dict[str, tuple[float, ...]] = {
     "gaussian_noise": (0.25, 0.4, 0.55, 0.75),  # α
     "gaussian_blur": (3.0, 4.0, 5.5, 7.5),  # σ at 64 px
-    "black_rectangles": (0.05, 0.09, 0.13, 0.17),  # square side / image side, 5 squares
+    "black_rectangles": (0.05, 0.10, 0.15, 0.20),  # square side / image side, 5 squares
     "swirl": (5.0, 7.0, 10.0, 14.0),  # swirl strength
     "salt_and_pepper": (0.05, 0.1, 0.2, 0.3),  # fraction of pixels
     "contamination": (0.1, 0.25, 0.5, 0.75),  # fraction of the set replaced
