@@ -266,3 +266,38 @@ def test_generators_refuse_a_missing_text_encoder(vq_run, tmp_path):
     cfg = _cfg("masked", TINY_MASKED, vq_dir=str(vq_run[0] / "out"), text_encoder_dir=str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="train it first"):
         masked.train(cfg, out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
+
+
+def test_object_token_weights_and_weighted_losses(text_dir):
+    """Tokens whose patch shows an object get ``object_token_weight``; weight 1 leaves both losses equal to
+    the plain mean cross-entropy, and a larger weight moves them toward the object tokens' loss."""
+    torch.manual_seed(0)
+    vqm = vq.build_vq(TINY_VQ).eval()
+    tok, te = masked.load_text(text_dir)
+    cfg = _cfg("masked", TINY_MASKED, object_token_weight=5.0)
+    tokens, pooled, hidden, weights = masked.token_batch(0, cfg, vqm, tok, te)
+    assert weights.shape == tokens.shape and set(weights.unique().tolist()) == {1.0, 5.0}
+    share = (weights > 1).float().mean().item()
+    assert 0.0 < share < 0.5  # objects are the minority of every render's patches
+
+    transformer = masked.build_transformer(TINY_MASKED, vqm, te)
+    plain = masked.masked_loss(transformer, tokens, pooled, hidden, torch.Generator().manual_seed(1), 32)
+    ones = masked.masked_loss(transformer, tokens, pooled, hidden, torch.Generator().manual_seed(1), 32,
+                              torch.ones_like(weights))  # fmt: skip
+    inputs, labels = masked.mask_tokens(tokens, transformer.config.vocab_size - 1, torch.Generator().manual_seed(1))
+    logits = transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled,
+                         micro_conds=masked.micro_conds(len(tokens), 32))  # fmt: skip
+    reference = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    torch.testing.assert_close(plain, reference)
+    torch.testing.assert_close(ones, reference)
+
+    ar = autoregressive.build_transformer(TINY_AR, vqm, te)
+    ar_plain = autoregressive.next_token_loss(ar, tokens, pooled, hidden)
+    flat = tokens.reshape(len(tokens), -1)
+    ar_logits = ar(flat[:, :-1], encoder_hidden_states=hidden, pooled_text_emb=pooled).logits
+    per_token = torch.nn.functional.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), flat.reshape(-1),
+                                                  reduction="none")  # fmt: skip
+    torch.testing.assert_close(ar_plain, per_token.mean())
+    w = weights.reshape(-1)
+    torch.testing.assert_close(autoregressive.next_token_loss(ar, tokens, pooled, hidden, weights),
+                               (per_token * w).sum() / w.sum())  # fmt: skip

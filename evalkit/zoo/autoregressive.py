@@ -52,12 +52,16 @@ def build_transformer(
 
 
 def next_token_loss(
-    transformer: ARTransformer, tokens: torch.Tensor, pooled: torch.Tensor, hidden: torch.Tensor
-) -> torch.Tensor:
-    """Teacher-forced cross-entropy over all raster positions: inputs are tokens 0..N-2, targets 0..N-1."""
+    transformer: ARTransformer, tokens: torch.Tensor, pooled: torch.Tensor, hidden: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Teacher-forced cross-entropy over all raster positions (inputs are tokens 0..N-2, targets 0..N-1),
+    weighted per token as the masked model's loss is."""
     flat = tokens.reshape(tokens.shape[0], -1)
     logits = transformer(flat[:, :-1], encoder_hidden_states=hidden, pooled_text_emb=pooled).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat.reshape(-1))
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat.reshape(-1), reduction="none")
+    w = torch.ones_like(ce) if weights is None else weights.reshape(-1).to(ce.dtype)
+    return (ce * w).sum() / w.sum()
 
 
 def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
@@ -84,8 +88,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        tokens, pooled, hidden = token_batch(step, cfg, vq, tokenizer, text_encoder)
-        loss = next_token_loss(transformer, tokens, pooled, hidden)
+        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder)
+        loss = next_token_loss(transformer, tokens, pooled, hidden, weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -45,7 +45,7 @@ from .common import (
     write_meta,
 )
 from .textenc import load_text_encoder
-from .vq import encode_tokens, load_vq, to_unit
+from .vq import encode_tokens, foreground_weights, load_vq, to_unit
 
 AESTHETIC_SCORE = 6  # AmusedPipeline's default micro-conditioning (with crop (0, 0) and the image size)
 
@@ -81,15 +81,21 @@ def encode_text(
 
 def token_batch(
     step: int, cfg: dict[str, Any], vq: VQModel, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch ``step``: VQ tokens [B, h, w] of renders and the text conditioning of their captions, each
-    caption replaced by the empty prompt with probability ``caption_dropout``. A pure function of the step."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch ``step``: VQ tokens [B, h, w] of renders, the text conditioning of their captions (each
+    replaced by the empty prompt with probability ``caption_dropout``) and per-token loss weights
+    (``object_token_weight`` where the token's patch shows part of an object, else 1). A pure function
+    of the step."""
     samples = batch_samples(step, cfg["batch_size"], cfg["seed"])
-    tokens = encode_tokens(vq, to_unit(render_batch(samples, cfg["image_size"])))
+    x = to_unit(render_batch(samples, cfg["image_size"]))
+    tokens = encode_tokens(vq, x)
+    on_object = foreground_weights(x, [s.scene.background for s in samples], 2.0) - 1
+    on_object = F.adaptive_max_pool2d(on_object, tokens.shape[-2:]).squeeze(1)
+    weights = 1 + (cfg.get("object_token_weight", 1.0) - 1) * on_object
     rng = step_rng(cfg["seed"], step, "caption-dropout")
     captions = ["" if rng.random() < cfg["caption_dropout"] else s.caption for s in samples]
     pooled, hidden = encode_text(tokenizer, text_encoder, captions)
-    return tokens, pooled, hidden
+    return tokens, pooled, hidden, weights
 
 
 class ParamEMA:
@@ -173,14 +179,18 @@ def micro_conds(batch: int, image_size: int) -> torch.Tensor:
 
 def masked_loss(
     transformer: UVit2DModel, tokens: torch.Tensor, pooled: torch.Tensor, hidden: torch.Tensor, gen: torch.Generator,
-    image_size: int,
+    image_size: int, weights: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Cross-entropy of the transformer's predictions at the masked positions."""
+    """Cross-entropy of the transformer's predictions at the masked positions, weighted per token.
+
+    Objects cover ~5 % of the tokens; unweighted, the model learned backgrounds and sampled empty images."""
     mask_id = transformer.config.vocab_size - 1
     inputs, labels = mask_tokens(tokens, mask_id, gen)
     conds = micro_conds(len(tokens), image_size)
     logits = transformer(inputs, encoder_hidden_states=hidden, pooled_text_emb=pooled, micro_conds=conds)
-    return F.cross_entropy(logits, labels, ignore_index=-100)  # logits [B, K, h, w], labels [B, h, w]
+    ce = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")  # logits [B, K, h, w] -> [B, h, w]
+    w = (labels != -100).to(ce.dtype) * (1.0 if weights is None else weights)
+    return (ce * w).sum() / w.sum()
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -224,8 +234,9 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        tokens, pooled, hidden = token_batch(step, cfg, vq, tokenizer, text_encoder)
-        loss = masked_loss(transformer, tokens, pooled, hidden, step_generator(cfg["seed"], step), cfg["image_size"])
+        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder)
+        gen = step_generator(cfg["seed"], step)
+        loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
