@@ -224,6 +224,21 @@ def _webdataset_features(tars: list[Path]):
     return datasets.Features(feats)
 
 
+def json_objects(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of JSON Lines ``text`` read from ``path``. Splits on
+    newlines only: ``str.splitlines`` would also split at U+2028, which JSON strings may hold."""
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{line_no}: not a JSON line ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        yield line_no, row
+
+
 def _manifest_features(files: list[Path]):
     """Explicit features for ``manifest.jsonl`` rows: arrow's JSON reader turns a mixed-type list such as
     the shapes world's ``relation: [0, "above", 1]`` into strings; ``Json()`` keeps nested values as they
@@ -233,15 +248,7 @@ def _manifest_features(files: list[Path]):
     scalar = {str: "string", bool: "bool", int: "int64", float: "float64"}
     kinds: dict[str, set[str]] = {}
     for f in files:
-        for line_no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{f}:{line_no}: not a JSON line ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{f}:{line_no}: each line must be a JSON object")
+        for _, row in json_objects(f, f.read_text(encoding="utf-8-sig")):
             for k, v in row.items():
                 kinds.setdefault(k, set()).add("null" if v is None else scalar.get(type(v), "json"))
     feats: dict[str, Any] = {}

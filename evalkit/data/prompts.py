@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from ..errors import UserError
 from .images import SkipCounter
-from .laion import load_subset, sample_indices
+from .laion import json_objects, load_subset, sample_indices
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "prompts"
 PARTI_DEFAULT = PROMPTS_DIR / "partiprompts" / "PartiPrompts.tsv"
@@ -216,15 +215,8 @@ def jsonl_prompts(path: str | Path, name: str | None = None) -> PromptSet:
     name = name or path.stem
 
     def rows():
-        for i, line in enumerate(_lines(path)):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+        for line_no, row in json_objects(path, _read_text(path)):
+            i = line_no - 1
             text_key, text = _pick(row, _TEXT_KEYS)
             cat_key, category = _pick(row, _CATEGORY_KEYS)
             id_key, pid = _pick(row, _ID_KEYS)
