@@ -290,7 +290,12 @@ def test_manifest_keeps_nested_and_mixed_values(tmp_path, cache):
     spec = {"objects": [{"shape": "circle", "color": "red"}, {"shape": "star"}], "relation": [0, "above", 1]}
     rows = [
         {"file": "000.png", "prompt": "a red circle above a star", "seed": 3, "spec": spec},
-        {"file": "001.png", "prompt": "a star", "seed": None, "spec": {"objects": [{"shape": "star"}], "relation": None}},
+        {
+            "file": "001.png",
+            "prompt": "a star",
+            "seed": None,
+            "spec": {"objects": [{"shape": "star"}], "relation": None},
+        },
         {"file": "002.png", "prompt": "x", "seed": 4, "spec": None, "score": 1},
         {"file": "003.png", "prompt": "y", "seed": 5, "score": 2.5},
     ]

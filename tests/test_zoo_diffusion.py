@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from evalkit.errors import UserError
-from evalkit.shapes.world import sample
+from evalkit.shapes.world import SIZES, sample
 from evalkit.zoo import diffusion, textenc
 from evalkit.zoo import vae as vae_stage
 from evalkit.zoo.cli import MODELS
@@ -39,6 +39,7 @@ VAE_CFG = {
 DIFF_CFG = {
     "seed": 0, "image_size": 32, "steps": 3, "batch_size": 4, "lr": 1e-3, "warmup": 1, "weight_decay": 0.0,
     "ema_decay": 0.9, "caption_dropout": 0.25, "describe_prob": 0.25, "min_snr_gamma": 5.0, "cache_size": 6,
+    "foreground_weight": 5.0,
     "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 2, "sample_steps": 2, "guidance_scale": 3.0,
     "final_guidance_scales": [3.0], "unet_dtype": "float16",
     "schedule": {"timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
@@ -187,9 +188,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(stages, tmp_path, monkeypatch)
     calls = []
     real = diffusion.diffusion_loss
 
-    def poisoned(pred, target, weights):
+    def poisoned(*args):
         calls.append(1)
-        loss = real(pred, target, weights)
+        loss = real(*args)
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(diffusion, "diffusion_loss", poisoned)
@@ -273,3 +274,24 @@ def test_loss_weights_keep_high_noise_and_clamp_low_noise():
     assert torch.allclose(w, torch.where(snr > 5.0, 5.0 / snr, torch.ones(5)))
     assert w[-2:].tolist() == [1.0, 1.0] and w[0] < 0.01  # pure-noise steps keep full weight
     assert diffusion.min_snr_weights(sched, t, None).tolist() == [1.0] * 5
+
+
+def test_foreground_weights_move_the_loss_onto_objects(tmp_path):
+    pred, target = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    pred[:, :, :2, :2] = 1.0  # error only on a 2x2 "object"
+    ones = torch.ones(2)
+    plain = diffusion.diffusion_loss(pred, target, ones)
+    assert torch.allclose(plain, diffusion.diffusion_loss(pred, target, ones, torch.ones(2, 1, 8, 8)))
+    w = torch.ones(2, 1, 8, 8)
+    w[:, :, :2, :2] = 5.0
+    weighted = diffusion.diffusion_loss(pred, target, ones, w)
+    assert torch.allclose(weighted, torch.tensor(4 * 5.0 / (60 + 4 * 5.0)))  # weighted mean over pixels
+    assert weighted > plain
+
+    cfg = {"cache_size": 6, "seed": 3, "image_size": 64}
+    masks = diffusion.foreground_cache(cfg, tmp_path, 32)
+    assert masks.shape == (6, 1, 32, 32) and masks.dtype == torch.bool
+    for s, m in zip(sample(6, seed=3, split="train"), masks):
+        box = sum(SIZES[o.size] ** 2 for o in s.scene.objects)  # bounding boxes' share of the canvas
+        assert 0.3 * box < m.float().mean() < 2 * box  # the objects, slightly dilated by the pooling
+    assert torch.equal(masks, diffusion.foreground_cache(cfg, tmp_path, 32))  # cached

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..utils import progress
 from .ar_pipeline import ARPipeline, ARTransformer
 from .common import (
+    EMA,
     TrainLog,
     adamw,
     check_finite,
@@ -28,7 +29,7 @@ from .common import (
     set_lr,
     write_meta,
 )
-from .masked import ParamEMA, count_params, ema_copy, generated_oracle_figures, load_text, resolve, token_batch
+from .masked import count_params, generated_oracle_figures, load_text, resolve, token_batch
 from .vq import VQModel, load_vq
 
 
@@ -71,7 +72,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
     torch.manual_seed(cfg["seed"])
     transformer = build_transformer(cfg["model"], vq, text_encoder)
-    ema = ParamEMA(transformer, cfg["ema_decay"])
+    ema = EMA(transformer, cfg["ema_decay"])
     opt = adamw(transformer, cfg, betas=(0.9, 0.95), no_decay=("embed", "text_pos"))
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
@@ -95,7 +96,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
-        ema.update(transformer)
+        ema.update(transformer, step)
         done = step + 1
         if done % cfg["log_every"] == 0:
             log.write(step=done, loss=round(loss.item(), 4), lr=lr)
@@ -104,7 +105,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = ARPipeline(vq, tokenizer, text_encoder, ema_copy(transformer, ema))
+            pipe = ARPipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
             figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **cfg.get("eval_sampling", {}))
             log.write(step=done, eval=figs)
             print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)

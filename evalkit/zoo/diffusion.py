@@ -22,7 +22,6 @@ with ``DiffusionPipeline.from_pretrained(dir)``.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -38,10 +37,12 @@ from ..shapes.world import caption_for, describe, sample
 from ..utils import progress
 from . import ZOO_DIR
 from .common import (
+    EMA,
     TrainLog,
     check_finite,
     cosine_lr,
     dirs,
+    foreground_mask,
     images_to_tensor,
     load_checkpoint,
     render_batch,
@@ -140,6 +141,29 @@ def latent_cache(vae, cfg: dict[str, Any], work: Path, vae_id: str) -> torch.Ten
     return latents
 
 
+def foreground_cache(cfg: dict[str, Any], work: Path, latent_size: int) -> torch.Tensor:
+    """[N, 1, h, w] bool: latent pixels whose image patch shows an object, for the cached samples.
+
+    Objects cover ~5-15 % of a render, so a plain MSE is mostly about flat backgrounds and shape is
+    learned last (CALIBRATION.md); ``foreground_weight`` moves the loss onto the objects.
+    """
+    n = cfg["cache_size"]
+    path = work / f"foreground-{cfg['seed']}-{n}-{cfg['image_size']}-{latent_size}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    chunks = []
+    for start in progress(range(0, n, 256), desc="foreground masks", total=(n + 255) // 256):
+        samples = sample(min(256, n - start), seed=cfg["seed"], split="train", start=start)
+        x = images_to_tensor(render_batch(samples, cfg["image_size"]), mean=(0, 0, 0), std=(1, 1, 1))
+        fg = foreground_mask(x, [s.scene.background for s in samples])
+        chunks.append(torch.nn.functional.adaptive_max_pool2d(fg.float(), latent_size).bool())
+    masks = torch.cat(chunks)
+    tmp = path.with_suffix(".tmp")
+    torch.save(masks, tmp)
+    tmp.replace(path)
+    return masks
+
+
 def batch_indices(step: int, cfg: dict[str, Any]) -> list[int]:
     """Cache rows of batch ``step``: a fresh seeded permutation of the cache each epoch."""
     n, b = cfg["cache_size"], cfg["batch_size"]
@@ -168,9 +192,16 @@ def batch_captions(step: int, rows: list[int], specs_scenes: list, cfg: dict[str
 # --------------------------------------------------------------------------- training
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE, weighted (Min-SNR), averaged."""
-    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+def diffusion_loss(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, pixel_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample MSE (a weighted mean over latent pixels if ``pixel_weights`` [B, 1, h, w] are given),
+    weighted per sample (Min-SNR), averaged."""
+    err = (pred.float() - target.float()) ** 2
+    if pixel_weights is None:
+        per_sample = err.mean(dim=(1, 2, 3))
+    else:
+        per_sample = (err * pixel_weights).mean(dim=(1, 2, 3)) / pixel_weights.mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
 
 
@@ -187,27 +218,6 @@ def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float | None) 
     ac = sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
     return torch.clamp(gamma / snr, max=1.0)
-
-
-class EMA:
-    """Exponential moving average of parameters with the usual warm-up of the decay."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
-        model.load_state_dict(self.shadow)
-        return model
 
 
 def _pipeline(vae, text_encoder, tok, unet, sched: DDPMScheduler) -> StableDiffusionPipeline:
@@ -235,7 +245,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         cfg["model"], vae.config.latent_channels, cfg["image_size"] // down, text_encoder.config.hidden_size
     )
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
-    ema = EMA(unet, cfg["ema_decay"])
+    ema = EMA(unet, cfg["ema_decay"], warmup=True)
     sched = train_scheduler(cfg)
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
@@ -247,12 +257,14 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
             )
         unet.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        ema.shadow = ckpt["ema"]
+        ema.load_state_dict(ckpt["ema"])
         start, cpu = ckpt["step"], ckpt["cpu_s"]
         print(f"resumed at step {start}", flush=True)
     log = TrainLog(work, cpu)
     latents = latent_cache(vae, cfg, work, ids["vae"])
     pool = [(s.spec, s.scene) for s in sample(cfg["cache_size"], seed=cfg["seed"], split="train")]
+    fg_weight = float(cfg.get("foreground_weight", 1.0))
+    fg = foreground_cache(cfg, work, latents.shape[-1]) if fg_weight != 1.0 else None
     steps = cfg["steps"]
     unet.train()
     t_last = time.time()
@@ -269,7 +281,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         zt = sched.add_noise(z0, noise, t)
         target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
         pred = unet(zt, t, encoder_hidden_states=ctx).sample
-        loss = diffusion_loss(pred, target, min_snr_weights(sched, t, cfg.get("min_snr_gamma")))
+        pixel_w = None if fg is None else 1 + (fg_weight - 1) * fg[rows].float()
+        loss = diffusion_loss(pred, target, min_snr_weights(sched, t, cfg.get("min_snr_gamma")), pixel_w)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -287,15 +300,16 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
             )
             t_last = now
         if done % cfg["checkpoint_every"] == 0 or done == steps:
-            save_checkpoint(work, {"model": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
+            save_checkpoint(work, {"model": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                                    "step": done, "cpu_s": log.cpu_seconds(), "frozen": ids, "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            ema_unet = ema.copy_to(copy.deepcopy(unet)).eval()
+            ema_unet = ema.copy_of(unet)
             figs = oracle_figures(_pipeline(vae, text_encoder, tok, ema_unet, sched), n=cfg["eval_n_during"],
                                   steps=cfg["sample_steps"], guidance=cfg["guidance_scale"])  # fmt: skip
             log.write(step=done, eval=figs)
             print(f"step {done}: loss {loss.item():.4f} oracle {figs}", flush=True)
-    unet = ema.copy_to(unet).eval()
+    unet.load_state_dict(ema.state_dict())
+    unet.eval()
     if cfg.get("unet_dtype", "float32") == "float16":
         unet = unet.half()  # half the file size; from_pretrained without torch_dtype loads it as float32
     _pipeline(vae, text_encoder, tok, unet, sched).save_pretrained(out, safe_serialization=True)

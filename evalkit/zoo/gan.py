@@ -33,6 +33,7 @@ from ..shapes.world import caption_for, describe, perturb, sample
 from ..utils import progress
 from . import ZOO_DIR
 from .common import (
+    EMA,
     TrainLog,
     batch_samples,
     check_finite,
@@ -133,21 +134,12 @@ def ma_gradient_penalty(out: torch.Tensor, image: torch.Tensor, sentence: torch.
 # --------------------------------------------------------------------------- models and checkpoints
 
 
-def build_models(cfg: dict[str, Any], cond_dim: int) -> tuple[GANGenerator, GANDiscriminator, GANGenerator]:
+def build_models(cfg: dict[str, Any], cond_dim: int) -> tuple[GANGenerator, GANDiscriminator, EMA]:
     torch.manual_seed(cfg["seed"])
     size = cfg["image_size"]
     g = GANGenerator(noise_dim=cfg["noise_dim"], cond_dim=cond_dim, channels=tuple(cfg["g_channels"]), image_size=size)
     d = GANDiscriminator(cond_dim=cond_dim, channels=tuple(cfg["d_channels"]), image_size=size)
-    ema = GANGenerator.from_config(g.config)
-    ema.load_state_dict(g.state_dict())
-    ema.requires_grad_(False).eval()
-    return g, d, ema
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
+    return g, d, EMA(g, cfg["ema_decay"], warmup=True)
 
 
 def export(ema: GANGenerator, text_encoder, tokenizer, out: Path) -> GANPipeline:
@@ -237,7 +229,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         opt_g.zero_grad(set_to_none=True)
         loss_g_total.backward()
         opt_g.step()
-        update_ema(ema, g, min(cfg["ema_decay"], (1 + step) / (10 + step)))
+        ema.update(g, step)
 
         done = step + 1
         if done % cfg["log_every"] == 0:
@@ -253,16 +245,16 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "optimizer_d": opt_d.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = GANPipeline(generator=ema, text_encoder=text_encoder, tokenizer=tokenizer)
+            pipe = GANPipeline(generator=ema.copy_of(g), text_encoder=text_encoder, tokenizer=tokenizer)
             pipe.set_progress_bar_config(disable=True)
             figs = oracle_figures(pipe, n=cfg["eval_n"], categories=("single_object",))
             save_grid(pipe, work / "samples" / f"step{done:06d}.png")
             log.write(step=done, eval=figs)
             print(f"step {done}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} oracle {figs}", flush=True)
-    pipe = export(ema, text_encoder, tokenizer, out)
+    pipe = export(ema.copy_of(g), text_encoder, tokenizer, out)
     save_grid(pipe, out / "samples.png")
     figs = oracle_figures(pipe, n=cfg["final_eval_n"]) if cfg.get("final_eval_n") else {}
-    write_meta(out, {"model": "GANPipeline", "generator_params": sum(p.numel() for p in ema.parameters()),
+    write_meta(out, {"model": "GANPipeline", "generator_params": sum(p.numel() for p in g.parameters()),
                      "discriminator_params": sum(p.numel() for p in d.parameters()), "steps": steps,
                      "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
                      "nfe_per_image": 1, "oracle_test": figs, "config": cfg})  # fmt: skip

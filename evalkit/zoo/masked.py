@@ -7,7 +7,7 @@ encoder and the VQ model are frozen; a caption is replaced by the empty prompt w
 ``caption_dropout``, which is what the pipeline's classifier-free guidance uses as its negative.
 Sampling is ``AmusedPipeline``'s own: ``num_inference_steps`` is the N-step knob (1..16).
 
-The helpers for token data and text (``encode_text``, ``token_batch``, ``ParamEMA``) are shared with
+The helpers for token data and text (``encode_text``, ``token_batch``) are shared with
 the autoregressive generator, which is trained on the same tokens and the same text encoder.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,14 @@ from ..shapes.world import sample
 from ..utils import progress
 from . import ZOO_DIR
 from .common import (
+    EMA,
     TrainLog,
     adamw,
     batch_samples,
     check_finite,
     cosine_lr,
     dirs,
+    foreground_mask,
     load_checkpoint,
     load_config,
     render_batch,
@@ -45,7 +46,7 @@ from .common import (
     write_meta,
 )
 from .textenc import load_text_encoder
-from .vq import encode_tokens, foreground_weights, load_vq, to_unit
+from .vq import encode_tokens, load_vq, to_unit
 
 AESTHETIC_SCORE = 6  # AmusedPipeline's default micro-conditioning (with crop (0, 0) and the image size)
 
@@ -89,35 +90,13 @@ def token_batch(
     samples = batch_samples(step, cfg["batch_size"], cfg["seed"])
     x = to_unit(render_batch(samples, cfg["image_size"]))
     tokens = encode_tokens(vq, x)
-    on_object = foreground_weights(x, [s.scene.background for s in samples], 2.0) - 1
+    on_object = foreground_mask(x, [s.scene.background for s in samples]).float()
     on_object = F.adaptive_max_pool2d(on_object, tokens.shape[-2:]).squeeze(1)
     weights = 1 + (cfg.get("object_token_weight", 1.0) - 1) * on_object
     rng = step_rng(cfg["seed"], step, "caption-dropout")
     captions = ["" if rng.random() < cfg["caption_dropout"] else s.caption for s in samples]
     pooled, hidden = encode_text(tokenizer, text_encoder, captions)
     return tokens, pooled, hidden, weights
-
-
-class ParamEMA:
-    """Exponential moving average of a module's parameters; the exported weights."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -203,13 +182,6 @@ def make_pipeline(vq, tokenizer, text_encoder, transformer) -> AmusedPipeline:
     )
 
 
-def ema_copy(module: torch.nn.Module, ema: ParamEMA) -> torch.nn.Module:
-    """A copy of ``module`` holding the EMA weights, in eval mode (for evaluation during training)."""
-    copy = deepcopy(module)
-    copy.load_state_dict(ema.state_dict())
-    return copy.eval()
-
-
 def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
     out, work = dirs("masked", out_dir, work_dir)
     vq = load_vq(resolve(cfg.get("vq_dir"), "vq"))
@@ -217,7 +189,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
     torch.manual_seed(cfg["seed"])
     transformer = build_transformer(cfg["model"], vq, text_encoder)
-    ema = ParamEMA(transformer, cfg["ema_decay"])
+    ema = EMA(transformer, cfg["ema_decay"])
     opt = adamw(transformer, cfg, betas=(0.9, 0.99))
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
@@ -242,7 +214,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
-        ema.update(transformer)
+        ema.update(transformer, step)
         done = step + 1
         if done % cfg["log_every"] == 0:
             log.write(step=done, loss=round(loss.item(), 4), lr=lr)
@@ -251,7 +223,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = make_pipeline(vq, tokenizer, text_encoder, ema_copy(transformer, ema))
+            pipe = make_pipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
             figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **cfg.get("eval_sampling", {}))
             log.write(step=done, eval=figs)
             print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)

@@ -32,7 +32,7 @@ from diffusers import VQModel
 from PIL import Image
 
 from ..errors import UserError
-from ..shapes.world import BACKGROUNDS, describe, sample
+from ..shapes.world import describe, sample
 from ..utils import progress
 from .common import (
     TrainLog,
@@ -40,6 +40,7 @@ from .common import (
     check_finite,
     cosine_lr,
     dirs,
+    foreground_weights,
     images_to_tensor,
     load_checkpoint,
     render_batch,
@@ -151,7 +152,11 @@ class EMACodebook:
 
     @torch.no_grad()
     def update(
-        self, z: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, dead_threshold: float,
+        self,
+        z: torch.Tensor,
+        idx: torch.Tensor,
+        gen: torch.Generator,
+        dead_threshold: float,
         weights: torch.Tensor | None = None,
     ) -> int:
         """One (weighted) EMA step over a batch's encoder outputs; returns how many dead codes were restarted."""
@@ -182,13 +187,6 @@ class EMACodebook:
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
-def foreground_weights(x: torch.Tensor, backgrounds: list[str], weight: float) -> torch.Tensor:
-    """[B, 1, H, W] pixel weights: ``weight`` where a pixel differs from its render's background color."""
-    bg = torch.tensor([BACKGROUNDS[b] for b in backgrounds], dtype=x.dtype) / 255
-    fg = (x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.02
-    return 1 + (weight - 1) * fg.to(x.dtype)
 
 
 def vq_loss(
