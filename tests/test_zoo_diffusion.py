@@ -39,7 +39,7 @@ VAE_CFG = {
 DIFF_CFG = {
     "seed": 0, "image_size": 32, "steps": 3, "batch_size": 4, "lr": 1e-3, "warmup": 1, "weight_decay": 0.0,
     "ema_decay": 0.9, "caption_dropout": 0.25, "describe_prob": 0.25, "min_snr_gamma": 5.0, "cache_size": 6,
-    "foreground_weight": 5.0,
+    "foreground_weight": 5.0, "one_object_share": 0.7,
     "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 2, "sample_steps": 2, "guidance_scale": 3.0,
     "final_guidance_scales": [3.0], "unet_dtype": "float16",
     "schedule": {"timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
@@ -295,3 +295,14 @@ def test_foreground_weights_move_the_loss_onto_objects(tmp_path):
         box = sum(SIZES[o.size] ** 2 for o in s.scene.objects)  # bounding boxes' share of the canvas
         assert 0.3 * box < m.float().mean() < 2 * box  # the objects, slightly dilated by the pooling
     assert torch.equal(masks, diffusion.foreground_cache(cfg, tmp_path, 32))  # cached
+
+
+def test_one_object_share_draws_single_objects_and_is_a_function_of_the_step():
+    cfg = {"cache_size": 100, "batch_size": 64, "seed": 0, "one_object_share": 0.75}
+    ones = torch.arange(0, 100, 4)  # pretend every fourth cached scene has one object
+    rows = diffusion.batch_indices(7, cfg, ones)
+    assert rows == diffusion.batch_indices(7, cfg, ones) != diffusion.batch_indices(8, cfg, ones)
+    share = sum(r % 4 == 0 for r in rows) / len(rows)
+    assert 0.6 < share < 0.98  # 0.75 + 0.25 * 1/4 expected
+    plain = diffusion.batch_indices(0, dict(cfg, one_object_share=None), ones)
+    assert sorted(plain) == sorted(set(plain))  # without it: a permutation of the cache
