@@ -62,7 +62,7 @@ def tiny_config(text_encoder_dir: Path, **over) -> dict:
     cfg.update(
         text_encoder=str(text_encoder_dir), image_size=32, steps=3, batch_size=4, noise_dim=8,
         g_channels=[32, 16, 16, 8], d_channels=[8, 16, 16, 16], warmup=1, gp_every=2, log_every=1,
-        checkpoint_every=1, eval_every=0, final_eval_n=0,
+        checkpoint_every=1, eval_every=0, final_eval_n=0, latent_vae=None, categories=None,
     )  # fmt: skip
     cfg.update(over)
     return cfg
@@ -206,6 +206,39 @@ def test_one_generator_evaluation_per_image(trained):
     finally:
         handle.remove()
     assert len(images) == 6 and seen == [6]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    """A random AutoencoderKL with two downsamplings (32 px -> 8x8x4), saved as the zoo saves its VAE."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    vae.register_to_config(scaling_factor=0.5)
+    path = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(path)
+    return path
+
+
+def test_latent_gan_generates_vae_latents_and_decodes_them_in_the_same_pass(text_encoder_dir, tiny_vae_dir, tmp_path):
+    cfg = tiny_config(text_encoder_dir, latent_vae=str(tiny_vae_dir), g_channels=[16, 8], d_channels=[8, 16],
+                      categories={"single_object": 1.0})  # fmt: skip
+    gan.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    pipe = GANPipeline.from_pretrained(str(tmp_path / "out"))
+    assert pipe.generator.config.output == "latent" and pipe.generator.config.image_size == 8
+    decoded = []
+    real_decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, **kw: decoded.append(z.shape) or real_decode(z, **kw)
+    images = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (3, 32, 32, 3) and decoded == [(3, 4, 8, 8)]
+    with pytest.raises(ValueError, match="needs the VAE"):
+        GANPipeline(generator=pipe.generator, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
 
 
 def test_check_inputs_rejects_bad_arguments(trained):

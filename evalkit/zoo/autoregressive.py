@@ -25,11 +25,12 @@ from .common import (
     dirs,
     load_checkpoint,
     load_config,
+    resolve,
     save_checkpoint,
     set_lr,
     write_meta,
 )
-from .masked import count_params, generated_oracle_figures, load_text, resolve, token_batch
+from .masked import count_params, generated_oracle_figures, load_text, token_batch
 from .vq import VQModel, load_vq
 
 

@@ -25,6 +25,14 @@ from . import TRAIN_DIR, ZOO_DIR
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "zoo"
 
 
+def resolve(path: str | None, default: str) -> Path:
+    """A config path: absolute, relative to the repository root, or the zoo default."""
+    if not path:
+        return ZOO_DIR / default
+    p = Path(path)
+    return p if p.is_absolute() else ZOO_DIR.parent / p
+
+
 def load_config(name: str, path: str | None = None) -> dict[str, Any]:
     path = Path(path) if path else CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
@@ -44,9 +52,11 @@ def dirs(name: str, out_dir: str | None, work_dir: str | None) -> tuple[Path, Pa
     return out, work
 
 
-def batch_samples(step: int, batch_size: int, seed: int, split: str = "train") -> list[Sample]:
-    """Training batch ``step``: samples [step*B, (step+1)*B) of the seeded stream."""
-    return sample(batch_size, seed=seed, split=split, start=step * batch_size)
+def batch_samples(
+    step: int, batch_size: int, seed: int, split: str = "train", categories: dict[str, float] | None = None
+) -> list[Sample]:
+    """Training batch ``step``: samples [step*B, (step+1)*B) of the seeded stream (of a category mix)."""
+    return sample(batch_size, seed=seed, split=split, categories=categories, start=step * batch_size)
 
 
 def images_to_tensor(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:

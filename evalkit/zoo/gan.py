@@ -42,6 +42,7 @@ from .common import (
     images_to_tensor,
     load_checkpoint,
     render_batch,
+    resolve,
     save_checkpoint,
     step_generator,
     step_rng,
@@ -78,7 +79,7 @@ def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor
 
 def make_batch(step: int, cfg: dict[str, Any]) -> tuple[torch.Tensor, list[str], list[str]]:
     """(real images in [-1, 1], captions, mismatched captions) for ``step``."""
-    samples = batch_samples(step, cfg["batch_size"], cfg["seed"])
+    samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=cfg.get("categories"))
     rng = step_rng(cfg["seed"], step, "captions")
     captions, negatives = [], []
     for s in samples:
@@ -134,17 +135,40 @@ def ma_gradient_penalty(out: torch.Tensor, image: torch.Tensor, sentence: torch.
 # --------------------------------------------------------------------------- models and checkpoints
 
 
-def build_models(cfg: dict[str, Any], cond_dim: int) -> tuple[GANGenerator, GANDiscriminator, EMA]:
+def load_latent_vae(cfg: dict[str, Any]):
+    """The frozen ``AutoencoderKL`` a latent GAN (``latent_vae`` set) generates for, else None."""
+    if not cfg.get("latent_vae"):
+        return None
+    from .vae import load_vae
+
+    return load_vae(resolve(cfg["latent_vae"], "diffusion-vae")).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def to_latents(vae, x: torch.Tensor) -> torch.Tensor:
+    """Scaled posterior means: the space a latent generator draws in (as Stable Diffusion's UNet)."""
+    return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+
+
+def build_models(cfg: dict[str, Any], cond_dim: int, vae=None) -> tuple[GANGenerator, GANDiscriminator, EMA]:
+    """Generator, discriminator and the generator's EMA; with a ``vae`` both work on its latents."""
     torch.manual_seed(cfg["seed"])
-    size = cfg["image_size"]
-    g = GANGenerator(noise_dim=cfg["noise_dim"], cond_dim=cond_dim, channels=tuple(cfg["g_channels"]), image_size=size)
-    d = GANDiscriminator(cond_dim=cond_dim, channels=tuple(cfg["d_channels"]), image_size=size)
+    size, space = cfg["image_size"], {}
+    if vae is not None:
+        size //= 2 ** (len(vae.config.block_out_channels) - 1)
+        space = {"out_channels": vae.config.latent_channels, "output": "latent"}
+    g = GANGenerator(
+        noise_dim=cfg["noise_dim"], cond_dim=cond_dim, channels=tuple(cfg["g_channels"]), image_size=size, **space
+    )
+    d = GANDiscriminator(
+        cond_dim=cond_dim, channels=tuple(cfg["d_channels"]), image_size=size, in_channels=g.config.out_channels
+    )
     return g, d, EMA(g, cfg["ema_decay"], warmup=True)
 
 
-def export(ema: GANGenerator, text_encoder, tokenizer, out: Path) -> GANPipeline:
+def export(ema: GANGenerator, text_encoder, tokenizer, out: Path, vae=None) -> GANPipeline:
     """``save_pretrained`` into a sibling folder, then swap it in: a crash never leaves half an export."""
-    pipe = GANPipeline(generator=ema, text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe = GANPipeline(generator=ema, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -166,7 +190,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         raise UserError(f"{out} exists and holds no GAN export; choose an empty or new folder with --out")
     text_encoder, tokenizer = load_text_encoder(cfg.get("text_encoder"))
     cond_dim = text_encoder.config.projection_dim
-    g, d, ema = build_models(cfg, cond_dim)
+    vae = load_latent_vae(cfg)
+    g, d, ema = build_models(cfg, cond_dim, vae)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
     start, cpu = 0, 0.0
@@ -193,6 +218,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         for group in opt_d.param_groups:
             group["lr"] = lr_d
         real, captions, mismatched = make_batch(step, cfg)
+        if vae is not None:
+            real = to_latents(vae, real)
         sent_all = embed_captions(text_encoder, tokenizer, captions + mismatched)
         sent, sent_mis = sent_all[: len(captions)], sent_all[len(captions) :]
         gen = step_generator(cfg["seed"], step)
@@ -245,13 +272,13 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "optimizer_d": opt_d.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = GANPipeline(generator=ema.copy_of(g), text_encoder=text_encoder, tokenizer=tokenizer)
+            pipe = GANPipeline(generator=ema.copy_of(g), text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
             pipe.set_progress_bar_config(disable=True)
             figs = oracle_figures(pipe, n=cfg["eval_n"], categories=("single_object",))
             save_grid(pipe, work / "samples" / f"step{done:06d}.png")
             log.write(step=done, eval=figs)
             print(f"step {done}: loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} oracle {figs}", flush=True)
-    pipe = export(ema.copy_of(g), text_encoder, tokenizer, out)
+    pipe = export(ema.copy_of(g), text_encoder, tokenizer, out, vae)
     save_grid(pipe, out / "samples.png")
     figs = oracle_figures(pipe, n=cfg["final_eval_n"]) if cfg.get("final_eval_n") else {}
     write_meta(out, {"model": "GANPipeline", "generator_params": sum(p.numel() for p in g.parameters()),

@@ -8,7 +8,8 @@
   together with a sentence embedding (DF-GAN's joint conv), and a contrastive head maps the image to the
   text-embedding space (XMC-GAN's image-sentence contrastive term). Only training needs it.
 - :class:`GANPipeline`: ``DiffusionPipeline`` with ``generator``, ``text_encoder``
-  (``CLIPTextModelWithProjection``) and ``tokenizer`` (``CLIPTokenizer``); one generator evaluation per image.
+  (``CLIPTextModelWithProjection``), ``tokenizer`` (``CLIPTokenizer``) and, for a generator of VAE latents
+  (``output="latent"``), the ``vae`` (``AutoencoderKL``) that decodes them; one generator evaluation per image.
 
 Loading: ``save_pretrained`` records ``model_index.json`` with ``"_class_name": "GANPipeline"`` and
 ``"generator": ["evalkit.zoo.gan_pipeline", "GANGenerator"]``. Diffusers' generic
@@ -100,22 +101,28 @@ class GANGenerator(ModelMixin, ConfigMixin):
         cond_dim: int = 128,
         channels: tuple[int, ...] = (256, 256, 128, 64, 32),
         image_size: int = 64,
+        out_channels: int = 3,
+        output: str = "image",
     ):
         super().__init__()
         channels = tuple(channels)
         if 4 * 2 ** (len(channels) - 1) != image_size:
-            raise ValueError(f"channels {channels} give {4 * 2 ** (len(channels) - 1)} px images, not {image_size}")
+            raise ValueError(f"channels {channels} give {4 * 2 ** (len(channels) - 1)} px outputs, not {image_size}")
+        if output not in ("image", "latent"):
+            raise ValueError(f"output must be 'image' or 'latent', got {output!r}")
         self.fc = nn.Linear(noise_dim, channels[0] * 16)
         c = noise_dim + cond_dim
         self.blocks = nn.ModuleList(UpBlock(c, a, b) for a, b in zip(channels[:-1], channels[1:]))
-        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, 1, 1)
+        self.to_rgb = nn.Conv2d(channels[-1], out_channels, 3, 1, 1)
 
     def forward(self, noise: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """An image in [-1, 1], or (``output="latent"``) scaled VAE latents, unbounded."""
         cond = torch.cat([noise, sentence], dim=1)
         h = self.fc(noise).view(noise.shape[0], -1, 4, 4)
         for block in self.blocks:
             h = block(h, cond)
-        return torch.tanh(self.to_rgb(F.leaky_relu(h, 0.2)))
+        h = self.to_rgb(F.leaky_relu(h, 0.2))
+        return torch.tanh(h) if self.config.output == "image" else h
 
 
 # --------------------------------------------------------------------------- discriminator
@@ -144,7 +151,13 @@ class GANDiscriminator(nn.Module):
     """Image -> 4x4 features; ``logits(features, sentence)`` is the matching-aware score and
     ``embed(features)`` the unit-norm image embedding for the contrastive term."""
 
-    def __init__(self, cond_dim: int = 128, channels: tuple[int, ...] = (32, 64, 128, 256, 256), image_size: int = 64):
+    def __init__(
+        self,
+        cond_dim: int = 128,
+        channels: tuple[int, ...] = (32, 64, 128, 256, 256),
+        image_size: int = 64,
+        in_channels: int = 3,
+    ):
         super().__init__()
         channels = tuple(channels)
         if image_size // 2 ** (len(channels) - 1) != 4:
@@ -152,7 +165,7 @@ class GANDiscriminator(nn.Module):
                 f"channels {channels} reduce {image_size} px images to {image_size // 2 ** (len(channels) - 1)}, not 4"
             )
         self.cond_dim = cond_dim
-        self.conv_img = nn.Conv2d(3, channels[0], 3, 1, 1)
+        self.conv_img = nn.Conv2d(in_channels, channels[0], 3, 1, 1)
         self.blocks = nn.Sequential(*(DownBlock(a, b) for a, b in zip(channels[:-1], channels[1:])))
         top = channels[-1]
         self.joint = nn.Sequential(
@@ -189,14 +202,18 @@ class GANPipeline(DiffusionPipeline):
         generator: the :class:`GANGenerator`.
         text_encoder: a frozen ``CLIPTextModelWithProjection``; its ``text_embeds`` condition the generator.
         tokenizer: the matching ``CLIPTokenizer``.
+        vae: an ``AutoencoderKL`` whose decoder turns a latent generator's output into pixels (its
+            ``scaling_factor`` undone first, as in Stable Diffusion); ``None`` for a pixel generator.
     """
 
-    model_cpu_offload_seq = "text_encoder->generator"
-    _optional_components: list[str] = []
+    model_cpu_offload_seq = "text_encoder->generator->vae"
+    _optional_components: list[str] = ["vae"]
 
-    def __init__(self, generator: GANGenerator, text_encoder, tokenizer):
+    def __init__(self, generator: GANGenerator, text_encoder, tokenizer, vae=None):
         super().__init__()
-        self.register_modules(generator=generator, text_encoder=text_encoder, tokenizer=tokenizer)
+        if generator.config.output == "latent" and vae is None:
+            raise ValueError("a generator with output='latent' needs the VAE that decodes its latents")
+        self.register_modules(generator=generator, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
 
     def check_inputs(self, prompt, num_images_per_prompt, generator, truncation, output_type) -> None:
@@ -265,6 +282,9 @@ class GANPipeline(DiffusionPipeline):
         noise = self.prepare_noise(batch_size, sentence.dtype, device, generator, truncation)
         # 5. one generator evaluation
         image = self.generator(noise.to(self.generator.dtype), sentence.to(self.generator.dtype))
+        if self.generator.config.output == "latent":  # the VAE decoder is part of the one pass
+            latents = image.to(self.vae.dtype) / self.vae.config.scaling_factor
+            image = self.vae.decode(latents).sample.clamp(-1, 1)
         # 6. postprocess
         image = self.image_processor.postprocess(image.float(), output_type=output_type)
         self.maybe_free_model_hooks()

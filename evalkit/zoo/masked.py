@@ -26,7 +26,6 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from ..errors import UserError
 from ..shapes.world import sample
 from ..utils import progress
-from . import ZOO_DIR
 from .common import (
     EMA,
     TrainLog,
@@ -39,6 +38,7 @@ from .common import (
     load_checkpoint,
     load_config,
     render_batch,
+    resolve,
     save_checkpoint,
     set_lr,
     step_generator,
@@ -51,14 +51,6 @@ from .vq import encode_tokens, load_vq, to_unit
 AESTHETIC_SCORE = 6  # AmusedPipeline's default micro-conditioning (with crop (0, 0) and the image size)
 
 # ---------------------------------------------------------------------------------------------- shared data
-
-
-def resolve(path: str | None, default: str) -> Path:
-    """A config path: absolute, relative to the repository root, or the zoo default."""
-    if not path:
-        return ZOO_DIR / default
-    p = Path(path)
-    return p if p.is_absolute() else ZOO_DIR.parent / p
 
 
 def load_text(path: str | Path) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
