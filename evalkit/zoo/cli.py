@@ -1,4 +1,4 @@
-"""``python -m evalkit.zoo train NAME [--config FILE] [--resume]``."""
+"""``python -m evalkit.zoo train NAME [--config FILE] [--resume]``, ``eval NAME`` and ``bars NAME [NAME ...]``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", default=None, help="model folder (default zoo/NAME)")
     e.add_argument("--n", type=int, default=1000)
     e.add_argument("--json", default=None)
+    b = sub.add_parser("bars", help="issue 4's generator acceptance figures, measured the same way for each")
+    b.add_argument("names", nargs="+", metavar="NAME", help="zoo generator (diffusion, gan, ...) or a spec (dir:PATH)")
+    b.add_argument("--n-single", type=int, default=500, help="single_object prompts (default 500)")
+    b.add_argument("--n-category", type=int, default=200, help="prompts per other category (default 200)")
+    b.add_argument("--n-fid", type=int, default=2000, help="images per FID set; 0 skips FID (default 2000)")
+    b.add_argument("--out", default="runs/zoo-bars", help="folder for bars.json and bars.md")
+    b.add_argument("--extractor", default="judge", help="FID feature extractor spec (default: the zoo judge)")
+    b.add_argument("--batch-size", type=int, default=16, help="generation and speed batch size (default 16)")
+    b.add_argument("--speed-repeats", type=int, default=3, help="timed speed batches; 0 skips speed (default 3)")
+    b.add_argument("--cache-dir", default=None, help="feature cache folder (default ~/.cache/t2i-evalkit)")
+    b.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     args = parser.parse_args(argv)
+    if args.command == "bars":
+        return _bars(args)
     from .common import load_config
 
     try:
@@ -51,4 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _bars(args: argparse.Namespace) -> int:
+    from .bars import markdown_table, run_bars
+
+    try:
+        from ..features import FeatureCache
+
+        result = run_bars(
+            args.names, args.out, n_single=args.n_single, n_category=args.n_category, n_fid=args.n_fid,
+            extractor=args.extractor, cache=None if args.no_cache else FeatureCache(args.cache_dir),
+            batch_size=args.batch_size, speed_repeats=args.speed_repeats,
+        )  # fmt: skip
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(result))
+    print(f"figures: {args.out}/bars.json")
     return 0

@@ -79,7 +79,7 @@ def token_batch(
     replaced by the empty prompt with probability ``caption_dropout``) and per-token loss weights
     (``object_token_weight`` where the token's patch shows part of an object, else 1). A pure function
     of the step."""
-    samples = batch_samples(step, cfg["batch_size"], cfg["seed"])
+    samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=cfg.get("categories"))
     x = to_unit(render_batch(samples, cfg["image_size"]))
     tokens = encode_tokens(vq, x)
     on_object = foreground_mask(x, [s.scene.background for s in samples]).float()
