@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from evalkit.errors import UserError
+from evalkit.shapes.world import sample
 from evalkit.zoo import autoregressive, masked, vq
-from evalkit.zoo.common import load_checkpoint, load_config
+from evalkit.zoo.common import cache_rows, load_checkpoint, load_config
 
 TINY_VQ = {
     "block_out_channels": [16, 16, 16],
@@ -41,7 +42,7 @@ TINY_MASKED = {
 TINY_AR = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 RUN = {
     "steps": 3, "batch_size": 4, "image_size": 32, "warmup": 1, "log_every": 1, "checkpoint_every": 1,
-    "eval_every": 2, "eval_every_n": 2, "eval_n": 4,
+    "eval_every": 2, "eval_every_n": 2, "eval_n": 4, "cache_size": 10,
 }  # fmt: skip
 
 
@@ -301,3 +302,21 @@ def test_object_token_weights_and_weighted_losses(text_dir):
     w = weights.reshape(-1)
     torch.testing.assert_close(autoregressive.next_token_loss(ar, tokens, pooled, hidden, weights),
                                (per_token * w).sum() / w.sum())  # fmt: skip
+
+
+def test_token_cache_holds_what_rendering_gives(text_dir, tmp_path):
+    """Cached batches carry the same tokens, object weights and captions as encoding the renders anew."""
+    torch.manual_seed(0)
+    vqm = vq.build_vq(TINY_VQ).eval()
+    tok, te = masked.load_text(text_dir)
+    cfg = _cfg("masked", TINY_MASKED, object_token_weight=5.0, cache_size=6, batch_size=4)
+    cache = masked.token_cache(cfg, vqm, tmp_path, "vq0")
+    assert cache.tokens.shape == (6, 8, 8) and len(cache.captions) == 6
+    samples = sample(6, seed=cfg["seed"], split="train", categories=cfg.get("categories"))
+    fresh_tokens, fresh_mask = masked._encode_samples(vqm, samples, 32)
+    assert torch.equal(cache.tokens.long(), fresh_tokens) and torch.equal(cache.on_object, fresh_mask)
+    assert cache.captions == [s.caption for s in samples]
+    assert torch.equal(masked.token_cache(cfg, vqm, tmp_path, "vq0").tokens, cache.tokens)  # loaded, not rebuilt
+    tokens, _, _, weights = masked.token_batch(1, cfg, vqm, tok, te, cache)  # step 1 crosses into epoch 2
+    rows = cache_rows(1, 6, 4, cfg["seed"])
+    assert torch.equal(tokens, fresh_tokens[rows]) and torch.equal(weights, 1 + 4.0 * fresh_mask[rows].float())

@@ -23,6 +23,7 @@ from .common import (
     check_finite,
     cosine_lr,
     dirs,
+    fingerprint,
     load_checkpoint,
     load_config,
     resolve,
@@ -30,7 +31,7 @@ from .common import (
     set_lr,
     write_meta,
 )
-from .masked import count_params, generated_oracle_figures, load_text, token_batch
+from .masked import count_params, generated_oracle_figures, load_text, token_batch, token_cache
 from .vq import VQModel, load_vq
 
 
@@ -84,13 +85,14 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         start, cpu = ckpt["step"], ckpt["cpu_s"]
         print(f"resumed at step {start}")
     log = TrainLog(work, cpu)
+    cache = token_cache(cfg, vq, work, fingerprint(resolve(cfg.get("vq_dir"), "vq"))) if cfg.get("cache_size") else None
     steps = cfg["steps"]
     transformer.train()
     for step in progress(range(start, steps), desc="autoregressive", total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder)
+        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
         loss = next_token_loss(transformer, tokens, pooled, hidden, weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)

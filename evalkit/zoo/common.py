@@ -4,6 +4,7 @@ the step (so resuming is exact), checkpoints, a JSONL loss log and a cosine LR s
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -57,6 +58,28 @@ def batch_samples(
 ) -> list[Sample]:
     """Training batch ``step``: samples [step*B, (step+1)*B) of the seeded stream (of a category mix)."""
     return sample(batch_size, seed=seed, split=split, categories=categories, start=step * batch_size)
+
+
+def fingerprint(path: Path) -> str:
+    """A short hash of a saved model's configs and weights: caches built from it are keyed by it."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors") and f.name != "meta.json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_rows(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Rows of a cache of ``n`` samples for batch ``step``: a fresh seeded permutation each epoch, so
+    batches stay a pure function of the step (exact resume)."""
+    out, perms = [], {}
+    for g in range(step * batch_size, (step + 1) * batch_size):
+        epoch = g // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(int(perms[epoch][g % n]))
+    return out
 
 
 def images_to_tensor(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:

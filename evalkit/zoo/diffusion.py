@@ -22,7 +22,6 @@ with ``DiffusionPipeline.from_pretrained(dir)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -39,9 +38,11 @@ from . import ZOO_DIR
 from .common import (
     EMA,
     TrainLog,
+    cache_rows,
     check_finite,
     cosine_lr,
     dirs,
+    fingerprint,
     foreground_mask,
     images_to_tensor,
     load_checkpoint,
@@ -102,15 +103,6 @@ def sampling_scheduler(train: DDPMScheduler) -> DDIMScheduler:
 # --------------------------------------------------------------------------- frozen parts and data
 
 
-def _fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in (".json", ".safetensors") and f.name != "meta.json":
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def frozen_parts(cfg: dict[str, Any]):
     """(vae, text encoder as CLIPTextModel, tokenizer, fingerprints) from the earlier stages' exports."""
     vae_dir = Path(cfg.get("vae_dir") or ZOO_DIR / "diffusion-vae")
@@ -119,7 +111,7 @@ def frozen_parts(cfg: dict[str, Any]):
     text_encoder, tok = load_text_encoder(te_dir, projection=False)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    return vae, text_encoder, tok, {"vae": _fingerprint(vae_dir), "text_encoder": _fingerprint(te_dir)}
+    return vae, text_encoder, tok, {"vae": fingerprint(vae_dir), "text_encoder": fingerprint(te_dir)}
 
 
 def latent_cache(vae, cfg: dict[str, Any], work: Path, vae_id: str) -> torch.Tensor:
@@ -179,13 +171,7 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
         any_row = torch.randint(n, (b,), generator=g)
         one_row = one_object_rows[torch.randint(len(one_object_rows), (b,), generator=g)]
         return torch.where(pick_one, one_row, any_row).tolist()
-    out, perms = [], {}
-    for g in range(step * b, (step + 1) * b):
-        epoch = g // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] * 7919 + epoch))
-        out.append(int(perms[epoch][g % n]))
-    return out
+    return cache_rows(step, n, b, cfg["seed"])
 
 
 def batch_captions(step: int, rows: list[int], specs_scenes: list, cfg: dict[str, Any]) -> list[str]:

@@ -13,8 +13,10 @@ the autoregressive generator, which is trained on the same tokens and the same t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,11 @@ from .common import (
     TrainLog,
     adamw,
     batch_samples,
+    cache_rows,
     check_finite,
     cosine_lr,
     dirs,
+    fingerprint,
     foreground_mask,
     load_checkpoint,
     load_config,
@@ -72,21 +76,69 @@ def encode_text(
     return out.text_embeds, out.hidden_states[-2]
 
 
-def token_batch(
-    step: int, cfg: dict[str, Any], vq: VQModel, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch ``step``: VQ tokens [B, h, w] of renders, the text conditioning of their captions (each
-    replaced by the empty prompt with probability ``caption_dropout``) and per-token loss weights
-    (``object_token_weight`` where the token's patch shows part of an object, else 1). A pure function
-    of the step."""
-    samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=cfg.get("categories"))
-    x = to_unit(render_batch(samples, cfg["image_size"]))
+@dataclass
+class TokenCache:
+    """VQ tokens [N, h, w], object masks [N, h, w] and captions of training samples ``0 .. N-1``: encoding
+    renders is ~40 % of a masked step, and the VQ model is frozen, so it is done once."""
+
+    tokens: torch.Tensor
+    on_object: torch.Tensor
+    captions: list[str]
+
+
+def token_cache(cfg: dict[str, Any], vq: VQModel, work: Path, vq_id: str) -> TokenCache:
+    """Built once per (VQ model, seed, size, category mix) under ``work``; later runs load it."""
+    n, mix = cfg["cache_size"], cfg.get("categories")
+    samples = sample(n, seed=cfg["seed"], split="train", categories=mix)
+    mix_id = hashlib.sha256(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:8]
+    path = work / f"tokens-{vq_id}-{cfg['seed']}-{n}-{mix_id}.pt"
+    if path.is_file():
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        tokens, masks = [], []
+        for start in progress(range(0, n, 256), desc="encoding tokens", total=(n + 255) // 256):
+            chunk = samples[start : start + 256]
+            t, m = _encode_samples(vq, chunk, cfg["image_size"])
+            tokens.append(t.to(torch.int16))
+            masks.append(m)
+        data = {"tokens": torch.cat(tokens), "on_object": torch.cat(masks)}
+        work.mkdir(parents=True, exist_ok=True)
+        torch.save(data, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return TokenCache(data["tokens"], data["on_object"], [s.caption for s in samples])
+
+
+def _encode_samples(vq: VQModel, samples: list, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [B, h, w], bool [B, h, w]: the token's patch shows part of an object) of the renders."""
+    x = to_unit(render_batch(samples, image_size))
     tokens = encode_tokens(vq, x)
     on_object = foreground_mask(x, [s.scene.background for s in samples]).float()
-    on_object = F.adaptive_max_pool2d(on_object, tokens.shape[-2:]).squeeze(1)
-    weights = 1 + (cfg.get("object_token_weight", 1.0) - 1) * on_object
+    return tokens, F.adaptive_max_pool2d(on_object, tokens.shape[-2:]).squeeze(1) > 0
+
+
+def token_batch(
+    step: int,
+    cfg: dict[str, Any],
+    vq: VQModel,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModelWithProjection,
+    cache: TokenCache | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch ``step``: VQ tokens [B, h, w] of renders (from ``cache`` if given), the text conditioning of
+    their captions (each replaced by the empty prompt with probability ``caption_dropout``) and per-token
+    loss weights (``object_token_weight`` where the token's patch shows part of an object, else 1). A pure
+    function of the step."""
+    if cache is not None:
+        rows = cache_rows(step, len(cache.captions), cfg["batch_size"], cfg["seed"])
+        tokens, on_object = cache.tokens[rows].long(), cache.on_object[rows]
+        texts = [cache.captions[r] for r in rows]
+    else:
+        samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=cfg.get("categories"))
+        tokens, on_object = _encode_samples(vq, samples, cfg["image_size"])
+        texts = [s.caption for s in samples]
+    weights = 1 + (cfg.get("object_token_weight", 1.0) - 1) * on_object.float()
     rng = step_rng(cfg["seed"], step, "caption-dropout")
-    captions = ["" if rng.random() < cfg["caption_dropout"] else s.caption for s in samples]
+    captions = ["" if rng.random() < cfg["caption_dropout"] else t for t in texts]
     pooled, hidden = encode_text(tokenizer, text_encoder, captions)
     return tokens, pooled, hidden, weights
 
@@ -192,13 +244,14 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         start, cpu = ckpt["step"], ckpt["cpu_s"]
         print(f"resumed at step {start}")
     log = TrainLog(work, cpu)
+    cache = token_cache(cfg, vq, work, fingerprint(resolve(cfg.get("vq_dir"), "vq"))) if cfg.get("cache_size") else None
     steps = cfg["steps"]
     transformer.train()
     for step in progress(range(start, steps), desc="masked", total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder)
+        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
         gen = step_generator(cfg["seed"], step)
         loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
         check_finite(loss, step)
