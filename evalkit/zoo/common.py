@@ -206,6 +206,13 @@ class EMA:
         return twin.eval()
 
 
+def generate_params(sampling: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline's sampling keywords under the generic names ``evalkit.generators`` reads from meta.json's
+    ``"generate"`` (``steps``, ``guidance``; others pass through): the export's recommended settings."""
+    names = {"num_inference_steps": "steps", "guidance_scale": "guidance"}
+    return {names.get(k, k): v for k, v in sampling.items()}
+
+
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 

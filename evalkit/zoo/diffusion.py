@@ -322,7 +322,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     meta = {"model": "StableDiffusionPipeline", "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
             "params": sum(p.numel() for m in parts for p in m.parameters()),
             "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
-            "frozen": ids, "recommended": {"num_inference_steps": cfg["sample_steps"], "guidance_scale": float(best)},
+            "frozen": ids, "generate": {"steps": cfg["sample_steps"], "guidance": float(best)},
             "oracle_single_object_test": evals, "config": cfg}  # fmt: skip
     write_meta(out, meta)
     log.write(step=steps, final_eval=evals)
@@ -372,8 +372,8 @@ def evaluate_cli(args) -> None:
     model_dir = Path(args.model) if args.model else dirs(NAME, None, None)[0]
     pipe = load_pipeline(model_dir)
     meta_path = model_dir / "meta.json"
-    rec = json.loads(meta_path.read_text()).get("recommended", {}) if meta_path.is_file() else {}
-    steps, guidance = rec.get("num_inference_steps", 25), rec.get("guidance_scale", 5.0)
+    rec = json.loads(meta_path.read_text()).get("generate", {}) if meta_path.is_file() else {}
+    steps, guidance = rec.get("steps", 25), rec.get("guidance", 5.0)
     figs = {c: oracle_figures(pipe, n=args.n, steps=steps, guidance=guidance, category=c)
             for c in ("single_object", "two_object", "counting", "position")}  # fmt: skip
     print(json.dumps(figs, indent=2))

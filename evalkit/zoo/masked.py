@@ -39,6 +39,7 @@ from .common import (
     dirs,
     fingerprint,
     foreground_mask,
+    generate_params,
     load_checkpoint,
     load_config,
     render_batch,
@@ -280,7 +281,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     write_meta(out, {"model": "AmusedPipeline", "transformer_params": count_params(transformer),
                      "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
                      "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
-                     "oracle_test": figs, "config": cfg})  # fmt: skip
+                     "generate": generate_params(cfg.get("eval_sampling", {})), "oracle_test": figs,
+                     "config": cfg})  # fmt: skip
     log.write(step=steps, final_eval=figs)
     print(f"masked generator exported to {out}: {figs}")
 
