@@ -91,10 +91,25 @@ def images_to_tensor(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch
     return (x - m) / s
 
 
-def foreground_mask(x: torch.Tensor, backgrounds: list[str]) -> torch.Tensor:
-    """[B, 1, H, W] bool: pixels of renders ``x`` (in [0, 1]) that differ from their background color."""
+def foreground_mask(x: torch.Tensor, backgrounds: list[str], size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """[B, 1, H, W] bool: pixels of renders ``x`` (in [0, 1]) that differ from their background color;
+    with ``size``, pooled (max) to that grid: the latent pixels or tokens whose patch shows an object."""
     bg = torch.tensor([BACKGROUNDS[b] for b in backgrounds], dtype=x.dtype) / 255
-    return (x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.02
+    mask = (x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.02
+    return mask if size is None else torch.nn.functional.adaptive_max_pool2d(mask.float(), size) > 0
+
+
+def cached_tensors(path: Path, build: Any) -> Any:
+    """``torch.load(path)`` if a previous run saved it, else ``build()`` saved atomically: the frozen-encoder
+    caches (latents, tokens, masks) that every later run of a trainer reuses."""
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    data = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return data
 
 
 def foreground_weights(x: torch.Tensor, backgrounds: list[str], weight: float) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .common import (
     EMA,
     TrainLog,
     cache_rows,
+    cached_tensors,
     check_finite,
     cosine_lr,
     dirs,
@@ -117,20 +118,17 @@ def frozen_parts(cfg: dict[str, Any]):
 def latent_cache(vae, cfg: dict[str, Any], work: Path, vae_id: str) -> torch.Tensor:
     """Unscaled posterior means of training samples ``0 .. cache_size-1`` (float16), built once per VAE."""
     n = cfg["cache_size"]
-    path = work / f"latents-{vae_id}-{cfg['seed']}-{n}-{cfg['image_size']}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    chunks = []
-    with torch.inference_mode():
+
+    @torch.inference_mode()
+    def build() -> torch.Tensor:
+        chunks = []
         for start in progress(range(0, n, 256), desc="encoding latents", total=(n + 255) // 256):
             samples = sample(min(256, n - start), seed=cfg["seed"], split="train", start=start)
             x = images_to_tensor(render_batch(samples, cfg["image_size"]))
             chunks.append(vae.encode(x).latent_dist.mode().to(torch.float16))
-    latents = torch.cat(chunks)
-    tmp = path.with_suffix(".tmp")
-    torch.save(latents, tmp)
-    tmp.replace(path)
-    return latents
+        return torch.cat(chunks)
+
+    return cached_tensors(work / f"latents-{vae_id}-{cfg['seed']}-{n}-{cfg['image_size']}.pt", build)
 
 
 def foreground_cache(cfg: dict[str, Any], work: Path, latent_size: int) -> torch.Tensor:
@@ -140,20 +138,16 @@ def foreground_cache(cfg: dict[str, Any], work: Path, latent_size: int) -> torch
     learned last (CALIBRATION.md); ``foreground_weight`` moves the loss onto the objects.
     """
     n = cfg["cache_size"]
-    path = work / f"foreground-{cfg['seed']}-{n}-{cfg['image_size']}-{latent_size}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    chunks = []
-    for start in progress(range(0, n, 256), desc="foreground masks", total=(n + 255) // 256):
-        samples = sample(min(256, n - start), seed=cfg["seed"], split="train", start=start)
-        x = images_to_tensor(render_batch(samples, cfg["image_size"]), mean=(0, 0, 0), std=(1, 1, 1))
-        fg = foreground_mask(x, [s.scene.background for s in samples])
-        chunks.append(torch.nn.functional.adaptive_max_pool2d(fg.float(), latent_size).bool())
-    masks = torch.cat(chunks)
-    tmp = path.with_suffix(".tmp")
-    torch.save(masks, tmp)
-    tmp.replace(path)
-    return masks
+
+    def build() -> torch.Tensor:
+        chunks = []
+        for start in progress(range(0, n, 256), desc="foreground masks", total=(n + 255) // 256):
+            samples = sample(min(256, n - start), seed=cfg["seed"], split="train", start=start)
+            x = images_to_tensor(render_batch(samples, cfg["image_size"]), mean=(0, 0, 0), std=(1, 1, 1))
+            chunks.append(foreground_mask(x, [s.scene.background for s in samples], latent_size))
+        return torch.cat(chunks)
+
+    return cached_tensors(work / f"foreground-{cfg['seed']}-{n}-{cfg['image_size']}-{latent_size}.pt", build)
 
 
 def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor | None = None) -> list[int]:

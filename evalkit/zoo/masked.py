@@ -34,6 +34,7 @@ from .common import (
     adamw,
     batch_samples,
     cache_rows,
+    cached_tensors,
     check_finite,
     cosine_lr,
     dirs,
@@ -93,19 +94,16 @@ def token_cache(cfg: dict[str, Any], vq: VQModel, work: Path, vq_id: str) -> Tok
     samples = sample(n, seed=cfg["seed"], split="train", categories=mix)
     mix_id = hashlib.sha256(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:8]
     path = work / f"tokens-{vq_id}-{cfg['seed']}-{n}-{mix_id}.pt"
-    if path.is_file():
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    else:
+
+    def build() -> dict[str, torch.Tensor]:
         tokens, masks = [], []
         for start in progress(range(0, n, 256), desc="encoding tokens", total=(n + 255) // 256):
-            chunk = samples[start : start + 256]
-            t, m = _encode_samples(vq, chunk, cfg["image_size"])
+            t, m = _encode_samples(vq, samples[start : start + 256], cfg["image_size"])
             tokens.append(t.to(torch.int16))
             masks.append(m)
-        data = {"tokens": torch.cat(tokens), "on_object": torch.cat(masks)}
-        work.mkdir(parents=True, exist_ok=True)
-        torch.save(data, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        return {"tokens": torch.cat(tokens), "on_object": torch.cat(masks)}
+
+    data = cached_tensors(path, build)
     return TokenCache(data["tokens"], data["on_object"], [s.caption for s in samples])
 
 
@@ -113,8 +111,7 @@ def _encode_samples(vq: VQModel, samples: list, image_size: int) -> tuple[torch.
     """(tokens [B, h, w], bool [B, h, w]: the token's patch shows part of an object) of the renders."""
     x = to_unit(render_batch(samples, image_size))
     tokens = encode_tokens(vq, x)
-    on_object = foreground_mask(x, [s.scene.background for s in samples]).float()
-    return tokens, F.adaptive_max_pool2d(on_object, tokens.shape[-2:]).squeeze(1) > 0
+    return tokens, foreground_mask(x, [s.scene.background for s in samples], tokens.shape[-2:]).squeeze(1)
 
 
 def token_batch(
