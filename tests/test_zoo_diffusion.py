@@ -311,3 +311,10 @@ def test_one_object_share_draws_single_objects_and_is_a_function_of_the_step():
     assert 0.6 < share < 0.98  # 0.75 + 0.25 * 1/4 expected
     plain = diffusion.batch_indices(0, dict(cfg, one_object_share=None), ones)
     assert sorted(plain) == sorted(set(plain))  # without it: a permutation of the cache
+
+
+def test_one_object_share_may_change_at_a_step():
+    ones = torch.arange(10)
+    cfg = {"cache_size": 1000, "batch_size": 256, "seed": 0, "one_object_share": {0: 1.0, 50: 0.0}}
+    assert all(r < 10 for r in diffusion.batch_indices(49, cfg, ones))
+    assert diffusion.batch_indices(50, cfg, ones) == diffusion.batch_indices(50, dict(cfg, one_object_share=None), ones)

@@ -155,10 +155,13 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
 
     With ``one_object_share`` each row is instead drawn (seeded by the step) from the scenes with a single
     object with that probability, else from the whole cache: one object is what a model must draw
-    first and best, and a mix with half multi-object scenes taught it to scatter several blobs.
+    first and best, and a mix with half multi-object scenes taught it to scatter several blobs. A mapping
+    ``{from_step: share}`` changes the share during training (multi-object scenes once one object is drawn).
     """
     n, b = cfg["cache_size"], cfg["batch_size"]
     share = cfg.get("one_object_share")
+    if isinstance(share, dict):
+        share = share[max((k for k in share if int(k) <= step), key=int)]
     if share and one_object_rows is not None and len(one_object_rows):
         g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
         pick_one = torch.rand(b, generator=g) < share
