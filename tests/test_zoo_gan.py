@@ -226,7 +226,7 @@ def tiny_vae_dir(tmp_path_factory) -> Path:
 
 def test_latent_gan_generates_vae_latents_and_decodes_them_in_the_same_pass(text_encoder_dir, tiny_vae_dir, tmp_path):
     cfg = tiny_config(text_encoder_dir, latent_vae=str(tiny_vae_dir), g_channels=[16, 8], d_channels=[8, 16],
-                      categories={"single_object": 1.0})  # fmt: skip
+                      categories={"single_object": 1.0}, word_attention=False)  # fmt: skip
     gan.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
     index = json.loads((tmp_path / "out" / "model_index.json").read_text())
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
@@ -270,3 +270,26 @@ def test_translation_keeps_flat_backgrounds_and_moves_content():
     moved = gan.translate(x, gen, 0.25)
     assert torch.equal(moved.sum((1, 2, 3)), x.sum((1, 2, 3)))  # the dot stays whole (4 px shift, 4+ px margin)
     assert (moved[:, 0, 8, 8] == 0).any()
+
+
+def test_word_attention_reads_the_token_states_the_sentence_embedding_misses():
+    from evalkit.zoo.gan_pipeline import GANDiscriminator, GANGenerator
+
+    torch.manual_seed(0)
+    g = GANGenerator(noise_dim=8, cond_dim=4, channels=(16, 8), image_size=8, word_dim=6)
+    for block in g.word_attention:
+        torch.nn.init.ones_(block.gate)  # trained gates are nonzero; at init they are 0 (identity)
+    noise, sentence = torch.randn(1, 8).repeat(2, 1), torch.randn(1, 4).repeat(2, 1)  # same sentence
+    words = torch.randn(2, 5, 6)  # ... but different token states ("left of" / "right of")
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
+    out = g(noise, sentence, words, mask)
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+    padded = words.clone()
+    padded[:, 3:] = torch.randn(2, 2, 6)  # masked positions do not matter
+    assert torch.allclose(g(noise, sentence, padded, mask), out, atol=1e-6)
+    with pytest.raises(ValueError, match="token states"):
+        g(noise, sentence)
+    d = GANDiscriminator(cond_dim=4, channels=(8, 16), image_size=8, word_dim=6)
+    torch.nn.init.ones_(d.word_attention.gate)
+    f = d(out.detach())
+    assert not torch.allclose(d.logits(f, sentence, words, mask), d.logits(f, sentence, words.flip(0), mask))

@@ -48,7 +48,7 @@ from .common import (
     step_rng,
     write_meta,
 )
-from .gan_pipeline import GANDiscriminator, GANGenerator, GANPipeline, sentence_embedding
+from .gan_pipeline import GANDiscriminator, GANGenerator, GANPipeline, encode_text
 
 TEXT_ENCODER_DIR = ZOO_DIR / "text-encoder"
 EVAL_CATEGORIES = ("single_object", "two_object", "counting", "position", "colors", "background")
@@ -63,15 +63,6 @@ def load_text_encoder(path: str | Path | None = None):
 
     text_encoder, tokenizer = load(Path(path) if path else TEXT_ENCODER_DIR)
     return text_encoder.float().requires_grad_(False), tokenizer
-
-
-@torch.no_grad()
-def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
-    """The pipeline's own ``encode_prompt`` path (same padding, same normalization)."""
-    ids = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return sentence_embedding(text_encoder(ids).text_embeds)
 
 
 # --------------------------------------------------------------------------- batches and augmentation
@@ -150,19 +141,25 @@ def to_latents(vae, x: torch.Tensor) -> torch.Tensor:
     return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
 
 
-def build_models(cfg: dict[str, Any], cond_dim: int, vae=None) -> tuple[GANGenerator, GANDiscriminator, EMA]:
-    """Generator, discriminator and the generator's EMA; with a ``vae`` both work on its latents."""
+def build_models(
+    cfg: dict[str, Any], cond_dim: int, vae=None, word_dim: int | None = None
+) -> tuple[GANGenerator, GANDiscriminator, EMA]:
+    """Generator, discriminator and the generator's EMA; with a ``vae`` both work on its latents, with
+    ``word_attention`` in ``cfg`` both attend to the token states (of size ``word_dim``)."""
     torch.manual_seed(cfg["seed"])
     size, space = cfg["image_size"], {}
+    words = {"word_dim": word_dim, "word_heads": cfg.get("word_heads", 4)} if cfg.get("word_attention") else {}
     if vae is not None:
         size //= 2 ** (len(vae.config.block_out_channels) - 1)
         space = {"out_channels": vae.config.latent_channels, "output": "latent"}
     g = GANGenerator(
-        noise_dim=cfg["noise_dim"], cond_dim=cond_dim, channels=tuple(cfg["g_channels"]), image_size=size, **space
-    )
+        noise_dim=cfg["noise_dim"], cond_dim=cond_dim, channels=tuple(cfg["g_channels"]), image_size=size,
+        **space, **words,
+    )  # fmt: skip
     d = GANDiscriminator(
-        cond_dim=cond_dim, channels=tuple(cfg["d_channels"]), image_size=size, in_channels=g.config.out_channels
-    )
+        cond_dim=cond_dim, channels=tuple(cfg["d_channels"]), image_size=size, in_channels=g.config.out_channels,
+        **words,
+    )  # fmt: skip
     return g, d, EMA(g, cfg["ema_decay"], warmup=True)
 
 
@@ -191,7 +188,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     text_encoder, tokenizer = load_text_encoder(cfg.get("text_encoder"))
     cond_dim = text_encoder.config.projection_dim
     vae = load_latent_vae(cfg)
-    g, d, ema = build_models(cfg, cond_dim, vae)
+    g, d, ema = build_models(cfg, cond_dim, vae, word_dim=text_encoder.config.hidden_size)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
     start, cpu = 0, 0.0
@@ -220,11 +217,13 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         real, captions, mismatched = make_batch(step, cfg)
         if vae is not None:
             real = to_latents(vae, real)
-        sent_all = embed_captions(text_encoder, tokenizer, captions + mismatched)
-        sent, sent_mis = sent_all[: len(captions)], sent_all[len(captions) :]
+        b = len(captions)
+        sent_all, words_all, mask_all = encode_text(text_encoder, tokenizer, captions + mismatched)
+        sent, sent_mis = sent_all[:b], sent_all[b:]
+        words, words_mis = (words_all[:b], mask_all[:b]), (words_all[b:], mask_all[b:])
         gen = step_generator(cfg["seed"], step)
         noise = torch.randn(real.shape[0], cfg["noise_dim"], generator=gen)
-        fake = g(noise, sent)
+        fake = g(noise, sent, *words)
 
         # discriminator: matching-aware hinge, MA-GP, contrastive on reals
         d.requires_grad_(True)
@@ -233,9 +232,9 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         sent_d = sent.clone().requires_grad_(do_gp)
         real_in.requires_grad_(do_gp)
         f_real = d(real_in)
-        out_real = d.logits(f_real, sent_d)
-        out_mis = d.logits(f_real, sent_mis)
-        out_fake = d.logits(d(augment(fake.detach(), gen, cfg)), sent)
+        out_real = d.logits(f_real, sent_d, *words)
+        out_mis = d.logits(f_real, sent_mis, *words_mis)
+        out_fake = d.logits(d(augment(fake.detach(), gen, cfg)), sent, *words)
         loss_d = F.relu(1 - out_real).mean() + 0.5 * (F.relu(1 + out_fake).mean() + F.relu(1 + out_mis).mean())
         loss_dc = contrastive_loss(d.embed(f_real), sent, captions, tau) if cw > 0 else torch.zeros(())
         gp = ma_gradient_penalty(out_real, real_in, sent_d, cfg["gp_power"]) if do_gp else torch.zeros(())
@@ -249,7 +248,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         # generator: hinge + contrastive through the (now frozen) discriminator
         d.requires_grad_(False)
         f_fake = d(augment(fake, gen, cfg))
-        loss_g = -d.logits(f_fake, sent).mean()
+        loss_g = -d.logits(f_fake, sent, *words).mean()
         loss_gc = contrastive_loss(d.embed(f_fake), sent, captions, tau) if cw > 0 else torch.zeros(())
         loss_g_total = loss_g + cw * loss_gc
         check_finite(loss_g_total, step)

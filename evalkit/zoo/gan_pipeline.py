@@ -2,7 +2,10 @@
 
 - :class:`GANGenerator`: noise ``z`` and a sentence embedding -> 4x4 features -> upsampling residual blocks
   whose every activation is modulated by channel-wise affine transforms predicted from ``[z, sentence]``
-  (DF-GAN's deep fusion block) -> RGB in [-1, 1]. A ``ModelMixin``/``ConfigMixin``, so
+  (DF-GAN's deep fusion block) -> RGB in [-1, 1]. With ``word_dim`` set, each block's output also
+  attends to the prompt's token states (:class:`WordAttention`): the pooled sentence embedding of a
+  contrastively trained text tower barely separates "left of" from "right of" or which color goes with
+  which shape, the token states do (what Stable Diffusion's cross-attention reads). A ``ModelMixin``/``ConfigMixin``, so
   ``save_pretrained``/``from_pretrained`` write and read ``config.json`` + safetensors.
 - :class:`GANDiscriminator`: downsampling residual conv stack; a matching-aware head judges an image
   together with a sentence embedding (DF-GAN's joint conv), and a contrastive head maps the image to the
@@ -84,6 +87,34 @@ class UpBlock(nn.Module):
         return self.shortcut(x) + h
 
 
+class WordAttention(nn.Module):
+    """Every spatial position attends to the prompt's token states; the result is added through a gate
+    that starts at 0, so the block starts as the identity. Written out (not ``scaled_dot_product_attention``)
+    because the discriminator's gradient penalty differentiates through it twice."""
+
+    def __init__(self, channels: int, word_dim: int, heads: int = 4):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_kv = nn.Linear(word_dim, 2 * channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        split = lambda t: t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        q = split(self.to_q(self.norm(x.flatten(2).transpose(1, 2))))
+        k, v = (split(t) for t in self.to_kv(words).chunk(2, dim=-1))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(c // self.heads)
+        if word_mask is not None:
+            scores = scores.masked_fill(~word_mask.bool()[:, None, None, :], float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, h * w, c)
+        return x + self.gate * self.to_out(out).transpose(1, 2).reshape(b, c, h, w)
+
+
 class GANGenerator(ModelMixin, ConfigMixin):
     """DF-GAN generator: ``(z, sentence) -> image`` in one forward pass.
 
@@ -92,6 +123,7 @@ class GANGenerator(ModelMixin, ConfigMixin):
         cond_dim: size of the sentence embedding (the text encoder's ``projection_dim``).
         channels: widths at 4x4, then after each 2x upsampling block; ``image_size = 4 * 2**(len-1)``.
         image_size: output side in pixels (checked against ``channels``).
+        word_dim: size of the text encoder's token states; set, every upsampling block attends to them.
     """
 
     @register_to_config
@@ -103,6 +135,8 @@ class GANGenerator(ModelMixin, ConfigMixin):
         image_size: int = 64,
         out_channels: int = 3,
         output: str = "image",
+        word_dim: int | None = None,
+        word_heads: int = 4,
     ):
         super().__init__()
         channels = tuple(channels)
@@ -113,14 +147,27 @@ class GANGenerator(ModelMixin, ConfigMixin):
         self.fc = nn.Linear(noise_dim, channels[0] * 16)
         c = noise_dim + cond_dim
         self.blocks = nn.ModuleList(UpBlock(c, a, b) for a, b in zip(channels[:-1], channels[1:]))
+        if word_dim:
+            self.word_attention = nn.ModuleList(WordAttention(b, word_dim, word_heads) for b in channels[1:])
         self.to_rgb = nn.Conv2d(channels[-1], out_channels, 3, 1, 1)
 
-    def forward(self, noise: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        """An image in [-1, 1], or (``output="latent"``) scaled VAE latents, unbounded."""
+    def forward(
+        self,
+        noise: torch.Tensor,
+        sentence: torch.Tensor,
+        words: torch.Tensor | None = None,
+        word_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """An image in [-1, 1], or (``output="latent"``) scaled VAE latents, unbounded. ``words`` (token
+        states) and ``word_mask`` (1 for real tokens) are required with ``word_dim``, ignored without."""
+        if self.config.word_dim and words is None:
+            raise ValueError("this generator attends to the prompt's token states: pass `words`")
         cond = torch.cat([noise, sentence], dim=1)
         h = self.fc(noise).view(noise.shape[0], -1, 4, 4)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             h = block(h, cond)
+            if self.config.word_dim:
+                h = self.word_attention[i](h, words, word_mask)
         h = self.to_rgb(F.leaky_relu(h, 0.2))
         return torch.tanh(h) if self.config.output == "image" else h
 
@@ -157,6 +204,8 @@ class GANDiscriminator(nn.Module):
         channels: tuple[int, ...] = (32, 64, 128, 256, 256),
         image_size: int = 64,
         in_channels: int = 3,
+        word_dim: int | None = None,
+        word_heads: int = 4,
     ):
         super().__init__()
         channels = tuple(channels)
@@ -174,11 +223,22 @@ class GANDiscriminator(nn.Module):
             nn.Conv2d(top // 2, 1, 4, 1, 0, bias=False),
         )
         self.embed_head = nn.Linear(top * 16, cond_dim)
+        self.word_attention = WordAttention(top, word_dim, word_heads) if word_dim else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.conv_img(image))
 
-    def logits(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self,
+        features: torch.Tensor,
+        sentence: torch.Tensor,
+        words: torch.Tensor | None = None,
+        word_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.word_attention is not None:  # the matching head then sees which word went where
+            if words is None:
+                raise ValueError("this discriminator attends to the prompt's token states: pass `words`")
+            features = self.word_attention(features, words, word_mask)
         s = sentence.view(-1, self.cond_dim, 1, 1).expand(-1, -1, features.shape[2], features.shape[3])
         return self.joint(torch.cat([features, s], dim=1)).view(-1)
 
@@ -187,6 +247,19 @@ class GANDiscriminator(nn.Module):
 
 
 # --------------------------------------------------------------------------- pipeline
+
+
+def encode_text(
+    text_encoder, tokenizer, prompts: list[str], device: torch.device | str = "cpu", repeat: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sentence, words, word_mask)`` of ``prompts``: one path for training and generation."""
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    out = text_encoder(tokens.input_ids.to(device))
+    mask = tokens.attention_mask.to(device)
+    parts = (sentence_embedding(out.text_embeds), out.last_hidden_state, mask)
+    return tuple(t.repeat_interleave(repeat, dim=0) for t in parts)
 
 
 def sentence_embedding(text_embeds: torch.Tensor) -> torch.Tensor:
@@ -231,17 +304,13 @@ class GANPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
 
-    def encode_prompt(self, prompt: list[str], device: torch.device, num_images_per_prompt: int = 1) -> torch.Tensor:
-        """Sentence embeddings ``[len(prompt) * num_images_per_prompt, cond_dim]`` (see :func:`sentence_embedding`)."""
-        tokens = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        embeds = self.text_encoder(tokens.input_ids.to(device)).text_embeds
-        return sentence_embedding(embeds).repeat_interleave(num_images_per_prompt, dim=0)
+    def encode_prompt(
+        self, prompt: list[str], device: torch.device, num_images_per_prompt: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sentence, words, word_mask)``, each repeated ``num_images_per_prompt`` times: sentence
+        embeddings ``[n, cond_dim]`` (:func:`sentence_embedding`), token states ``[n, length, hidden]``
+        and their attention mask ``[n, length]``."""
+        return encode_text(self.text_encoder, self.tokenizer, prompt, device, num_images_per_prompt)
 
     def prepare_noise(self, batch_size: int, dtype, device, generator, truncation: float) -> torch.Tensor:
         """``z = truncation * eps``, ``eps ~ N(0, I)``: 1.0 is the training distribution, smaller trades
@@ -277,11 +346,12 @@ class GANPipeline(DiffusionPipeline):
         batch_size = len(prompts) * num_images_per_prompt
         device = self._execution_device
         # 3. encode the prompt
-        sentence = self.encode_prompt(prompts, device, num_images_per_prompt)
+        sentence, words, word_mask = self.encode_prompt(prompts, device, num_images_per_prompt)
         # 4. prepare the noise
         noise = self.prepare_noise(batch_size, sentence.dtype, device, generator, truncation)
         # 5. one generator evaluation
-        image = self.generator(noise.to(self.generator.dtype), sentence.to(self.generator.dtype))
+        dtype = self.generator.dtype
+        image = self.generator(noise.to(dtype), sentence.to(dtype), words.to(dtype), word_mask)
         if self.generator.config.output == "latent":  # the VAE decoder is part of the one pass
             latents = image.to(self.vae.dtype) / self.vae.config.scaling_factor
             image = self.vae.decode(latents).sample.clamp(-1, 1)
