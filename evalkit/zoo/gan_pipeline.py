@@ -273,7 +273,8 @@ class GANPipeline(DiffusionPipeline):
 
     Args:
         generator: the :class:`GANGenerator`.
-        text_encoder: a frozen ``CLIPTextModelWithProjection``; its ``text_embeds`` condition the generator.
+        text_encoder: a frozen ``CLIPTextModelWithProjection``; its ``text_embeds`` (and, with
+            ``word_dim``, its token states) condition the generator.
         tokenizer: the matching ``CLIPTokenizer``.
         vae: an ``AutoencoderKL`` whose decoder turns a latent generator's output into pixels (its
             ``scaling_factor`` undone first, as in Stable Diffusion); ``None`` for a pixel generator.
