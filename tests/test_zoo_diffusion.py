@@ -318,3 +318,9 @@ def test_one_object_share_may_change_at_a_step():
     cfg = {"cache_size": 1000, "batch_size": 256, "seed": 0, "one_object_share": {0: 1.0, 50: 0.0}}
     assert all(r < 10 for r in diffusion.batch_indices(49, cfg, ones))
     assert diffusion.batch_indices(50, cfg, ones) == diffusion.batch_indices(50, dict(cfg, one_object_share=None), ones)
+
+
+def test_choose_guidance_prefers_the_lowest_scale_among_near_ties():
+    evals = {"3.0": {"accuracy": 0.95}, "5.0": {"accuracy": 0.94}, "7.5": {"accuracy": 0.955}}
+    assert diffusion.choose_guidance(evals) == "3.0"
+    assert diffusion.choose_guidance(dict(evals, **{"3.0": {"accuracy": 0.90}})) == "7.5"
