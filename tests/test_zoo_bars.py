@@ -64,6 +64,12 @@ def test_check_bars_best_and_every():
     assert res["best"]["best single_object >= 0.9"]["generator"] == "b"
     assert res["best"]["best fid <= 0.5x degraded"] == {"generator": "a", "value": 6.0, "pass": False}
 
+    rare = _fig(0.95, {"two_object": (0.3, 0.1), "counting": (0.9, 0.2)})
+    rare["oracle"]["position"] = {"accuracy": 0.005, "shuffled": 0.0, "n": 200}  # 1 image right, 0 shuffled
+    assert bars.check_bars({"a": rare}, None)["per_generator"]["a"]["position >= 3x shuffled"] is False
+    rare["oracle"]["position"]["accuracy"] = 0.015  # 3 images: 3x the one-image floor
+    assert bars.check_bars({"a": rare}, None)["per_generator"]["a"]["position >= 3x shuffled"] is True
+
     unmeasured = bars.check_bars({"a": _fig(0.95)}, degraded_fid=None)
     assert unmeasured["per_generator"]["a"]["fid < degraded"] is None
     assert unmeasured["per_generator"]["a"]["pass"] is None and unmeasured["pass"] is None

@@ -263,6 +263,13 @@ def _all(verdicts: list[bool | None]) -> bool | None:
     return True if verdicts and all(v is True for v in verdicts) else None
 
 
+def _baseline(figure: Mapping[str, Any]) -> float:
+    """The shuffled-prompt accuracy, at least one image in ``n``: a baseline of 0 correct would let a
+    single lucky image pass "3x shuffled". (Callers allow 1e-9, so k/n fractions compare as counts do.)"""
+    n = figure.get("n")
+    return max(figure["shuffled"], 1 / n) if n else figure["shuffled"]
+
+
 def check_bars(figures: Mapping[str, Mapping[str, Any]], degraded_fid: float | None) -> dict[str, Any]:
     """Issue 4's bars over the generators' figures: ``{"per_generator": {name: {bar: bool | None}},
     "best": {bar: {...}}, "pass": bool | None}``; ``None`` where a figure was not measured."""
@@ -274,8 +281,7 @@ def check_bars(figures: Mapping[str, Mapping[str, Any]], degraded_fid: float | N
         }
         for c in BARRED:
             o = (fig.get("oracle") or {}).get(c)
-            # 1e-9: k/n fractions (60/200 vs 3 x 20/200) must compare as the counts do
-            ok = None if o is None else o["accuracy"] > 0 and o["accuracy"] >= SHUFFLED_FACTOR * o["shuffled"] - 1e-9
+            ok = None if o is None else o["accuracy"] > 0 and o["accuracy"] >= SHUFFLED_FACTOR * _baseline(o) - 1e-9
             verdicts[f"{c} >= {SHUFFLED_FACTOR:g}x shuffled"] = ok
         value = _fid_value(fig)
         verdicts["fid < degraded"] = None if value is None or degraded_fid is None else value < degraded_fid
