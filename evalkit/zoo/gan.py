@@ -218,7 +218,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         if vae is not None:
             real = to_latents(vae, real)
         b = len(captions)
-        sent_all, words_all, mask_all = encode_text(text_encoder, tokenizer, captions + mismatched)
+        with torch.no_grad():  # the text encoder is frozen
+            sent_all, words_all, mask_all = encode_text(text_encoder, tokenizer, captions + mismatched)
         sent, sent_mis = sent_all[:b], sent_all[b:]
         words, words_mis = (words_all[:b], mask_all[:b]), (words_all[b:], mask_all[b:])
         gen = step_generator(cfg["seed"], step)

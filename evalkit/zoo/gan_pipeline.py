@@ -5,8 +5,8 @@
   (DF-GAN's deep fusion block) -> RGB in [-1, 1]. With ``word_dim`` set, each block's output also
   attends to the prompt's token states (:class:`WordAttention`): the pooled sentence embedding of a
   contrastively trained text tower barely separates "left of" from "right of" or which color goes with
-  which shape, the token states do (what Stable Diffusion's cross-attention reads). A ``ModelMixin``/``ConfigMixin``, so
-  ``save_pretrained``/``from_pretrained`` write and read ``config.json`` + safetensors.
+  which shape, the token states do (what Stable Diffusion's cross-attention reads). A
+  ``ModelMixin``/``ConfigMixin``, so ``save_pretrained``/``from_pretrained`` write and read ``config.json`` + safetensors.
 - :class:`GANDiscriminator`: downsampling residual conv stack; a matching-aware head judges an image
   together with a sentence embedding (DF-GAN's joint conv), and a contrastive head maps the image to the
   text-embedding space (XMC-GAN's image-sentence contrastive term). Only training needs it.
@@ -147,8 +147,9 @@ class GANGenerator(ModelMixin, ConfigMixin):
         self.fc = nn.Linear(noise_dim, channels[0] * 16)
         c = noise_dim + cond_dim
         self.blocks = nn.ModuleList(UpBlock(c, a, b) for a, b in zip(channels[:-1], channels[1:]))
-        if word_dim:
-            self.word_attention = nn.ModuleList(WordAttention(b, word_dim, word_heads) for b in channels[1:])
+        self.word_attention = (
+            nn.ModuleList(WordAttention(b, word_dim, word_heads) for b in channels[1:]) if word_dim else None
+        )
         self.to_rgb = nn.Conv2d(channels[-1], out_channels, 3, 1, 1)
 
     def forward(
@@ -160,13 +161,13 @@ class GANGenerator(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         """An image in [-1, 1], or (``output="latent"``) scaled VAE latents, unbounded. ``words`` (token
         states) and ``word_mask`` (1 for real tokens) are required with ``word_dim``, ignored without."""
-        if self.config.word_dim and words is None:
+        if self.word_attention is not None and words is None:
             raise ValueError("this generator attends to the prompt's token states: pass `words`")
         cond = torch.cat([noise, sentence], dim=1)
         h = self.fc(noise).view(noise.shape[0], -1, 4, 4)
         for i, block in enumerate(self.blocks):
             h = block(h, cond)
-            if self.config.word_dim:
+            if self.word_attention is not None:
                 h = self.word_attention[i](h, words, word_mask)
         h = self.to_rgb(F.leaky_relu(h, 0.2))
         return torch.tanh(h) if self.config.output == "image" else h
