@@ -154,7 +154,7 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
     """Cache rows of batch ``step``: a fresh seeded permutation of the cache each epoch.
 
     With ``one_object_share`` each row is instead drawn (seeded by the step) from the scenes with a single
-    object with that probability, else from the whole cache: one object is what a model must draw
+    object with that probability, else from the multi-object scenes: one object is what a model must draw
     first and best, and a mix with half multi-object scenes taught it to scatter several blobs. A mapping
     ``{from_step: share}`` changes the share during training (multi-object scenes once one object is drawn).
     """
@@ -165,10 +165,17 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
     if share and one_object_rows is not None and len(one_object_rows):
         g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
         pick_one = torch.rand(b, generator=g) < share
-        any_row = torch.randint(n, (b,), generator=g)
+        multi_rows = _complement(one_object_rows, n)
+        multi_row = multi_rows[torch.randint(len(multi_rows), (b,), generator=g)]
         one_row = one_object_rows[torch.randint(len(one_object_rows), (b,), generator=g)]
-        return torch.where(pick_one, one_row, any_row).tolist()
+        return torch.where(pick_one, one_row, multi_row).tolist()
     return cache_rows(step, n, b, cfg["seed"])
+
+
+def _complement(rows: torch.Tensor, n: int) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[rows] = False
+    return keep.nonzero().flatten()
 
 
 def batch_captions(step: int, rows: list[int], specs_scenes: list, cfg: dict[str, Any]) -> list[str]:
