@@ -52,18 +52,25 @@ def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (F.normalize(a.double(), dim=-1) * F.normalize(b.double(), dim=-1)).sum(-1).numpy()
 
 
+class _SpatialMean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class TowerFeatures:
-    """An open_clip extractor's image tower without its final projection (the offline DINO stand-in)."""
+    """An open_clip extractor's image tower without its final projection (the offline DINO stand-in): a
+    ViT's pooled token before ``proj``; a ResNet's last stage averaged over space, before the attention pool."""
 
     def __init__(self, clip_extractor):
         visual = getattr(clip_extractor, "model", None)
         visual = getattr(visual, "visual", None)
-        if visual is None or not hasattr(visual, "proj"):
-            raise UserError(
-                f"{clip_extractor.name} has no ViT image tower with a projection; pass --dino hf:ID or none"
-            )
+        if visual is None or not (hasattr(visual, "proj") or hasattr(visual, "attnpool")):
+            raise UserError(f"{clip_extractor.name} has no ViT or ResNet image tower; pass --dino hf:ID or none")
         self.module = copy.deepcopy(visual).eval()
-        self.module.proj = None
+        if hasattr(visual, "attnpool"):  # ModifiedResNet: its attention pool ends in the projection
+            self.module.attnpool = _SpatialMean()
+        else:
+            self.module.proj = None
         self.preprocess = clip_extractor.preprocess
         self.id = f"dino-style:{clip_extractor.name}/tower|{clip_extractor.preprocess.tag}"
 

@@ -142,3 +142,23 @@ def test_benchmark_writes_the_readme_table(tiny_sd_dir, tiny_clip, tmp_path, mon
                           num_class_images=1, db=None, extractor=f"judge:{tiny_clip.dir}", sample_steps=2)  # fmt: skip
     assert again["runs"]["lora"]["steps"] == 2  # finished runs are reused, not retrained
     assert len(list((tmp_path / "cache" / "class-images").glob("*/*.png"))) == 1
+
+
+def test_dino_stand_in_reads_the_zoo_judges_resnet_tower():
+    """The zoo judge's image tower is a ModifiedResNet: its stand-in features are the last stage averaged
+    over space (before the attention pool that ends in the projection), wider than the embedding."""
+    from evalkit.features import get_extractor
+    from personalize.metrics import TowerFeatures
+
+    ext = get_extractor("judge")
+    tower = TowerFeatures(ext)
+    images = [Image.open(p).convert("RGB") for p in HOUSEMARK.image_paths()]
+    feats = tower.encode_images(images)
+    width = ext.model.visual.layer4[-1].conv3.out_channels
+    assert feats.shape == (4, width) and width > ext.model.visual.output_dim
+    assert torch.isfinite(feats).all()
+    cos = paired_cosine(feats[:1].repeat(4, 1), feats)
+    assert cos[0] == pytest.approx(1.0) and (cos[1:] < 1 - 1e-4).all()
+    assert SubjectScorer(images[:1], "judge", "judge-tower").score(images[:1], ["a square"])["dino"][
+        0
+    ] == pytest.approx(1.0, abs=1e-5)

@@ -326,3 +326,18 @@ def test_choose_guidance_prefers_the_lowest_scale_among_near_ties():
     evals = {"3.0": {"accuracy": 0.95}, "5.0": {"accuracy": 0.94}, "7.5": {"accuracy": 0.955}}
     assert diffusion.choose_guidance(evals) == "3.0"
     assert diffusion.choose_guidance(dict(evals, **{"3.0": {"accuracy": 0.90}})) == "7.5"
+
+
+def test_sampler_names_the_exported_scheduler_and_a_typo_is_a_clear_error():
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+
+    train = diffusion.train_scheduler(DIFF_CFG)
+    assert type(diffusion.sampling_scheduler(train)) is DDIMScheduler
+    euler = diffusion.sampling_scheduler(train, "EulerAncestralDiscreteScheduler")
+    assert type(euler) is EulerAncestralDiscreteScheduler
+    assert euler.config.prediction_type == "v_prediction" and euler.config.timestep_spacing == "trailing"
+    euler.set_timesteps(4)
+    assert int(euler.timesteps[0]) == 999  # sampling starts at pure noise
+    for bad in ("EulerAncestral", "StableDiffusionPipeline"):
+        with pytest.raises(UserError, match="not a diffusers scheduler"):
+            diffusion.sampling_scheduler(train, bad)

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
 from ..errors import UserError
 from ..shapes.oracle import evaluate as oracle_evaluate
@@ -94,9 +95,12 @@ def train_scheduler(cfg: dict[str, Any]) -> DDPMScheduler:
     )
 
 
-def sampling_scheduler(train: DDPMScheduler) -> DDIMScheduler:
-    """DDIM over the training betas; trailing spacing starts sampling at the last (pure-noise) step."""
-    return DDIMScheduler.from_config(
+def sampling_scheduler(train: DDPMScheduler, sampler: str = "DDIMScheduler") -> SchedulerMixin:
+    """A diffusers sampler over the training betas; trailing spacing starts sampling at the last (pure-noise) step."""
+    cls = getattr(diffusers, sampler, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise UserError(f"sampler {sampler!r} is not a diffusers scheduler class (e.g. DDIMScheduler)")
+    return cls.from_config(
         train.config, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing", steps_offset=1
     )
 
@@ -222,13 +226,13 @@ def min_snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float | None) 
     return torch.clamp(gamma / snr, max=1.0)
 
 
-def _pipeline(vae, text_encoder, tok, unet, sched: DDPMScheduler) -> StableDiffusionPipeline:
+def _pipeline(vae, text_encoder, tok, unet, sched: DDPMScheduler, cfg: dict[str, Any]) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tok,
         unet=unet,
-        scheduler=sampling_scheduler(sched),
+        scheduler=sampling_scheduler(sched, cfg.get("sampler", "DDIMScheduler")),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -307,7 +311,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "step": done, "cpu_s": log.cpu_seconds(), "frozen": ids, "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             ema_unet = ema.copy_of(unet)
-            figs = oracle_figures(_pipeline(vae, text_encoder, tok, ema_unet, sched), n=cfg["eval_n_during"],
+            figs = oracle_figures(_pipeline(vae, text_encoder, tok, ema_unet, sched, cfg), n=cfg["eval_n_during"],
                                   steps=cfg["sample_steps"], guidance=cfg["guidance_scale"])  # fmt: skip
             log.write(step=done, eval=figs)
             print(f"step {done}: loss {loss.item():.4f} oracle {figs}", flush=True)
@@ -315,7 +319,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     unet.eval()
     if cfg.get("unet_dtype", "float32") == "float16":
         unet = unet.half()  # half the file size; from_pretrained without torch_dtype loads it as float32
-    _pipeline(vae, text_encoder, tok, unet, sched).save_pretrained(out, safe_serialization=True)
+    _pipeline(vae, text_encoder, tok, unet, sched, cfg).save_pretrained(out, safe_serialization=True)
     pipe = load_pipeline(out)  # measure exactly what was exported
     evals = {}
     for g in cfg["final_guidance_scales"]:
