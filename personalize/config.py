@@ -27,6 +27,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"steps": 800, "lr": 1e-3, "weight_decay": 1e-2},
 }
 DEFAULT_MODEL = "zoo/diffusion"
+LORA_TARGETS = ("attention", "attention+conv")
 # Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "validation_every", "resume", "class_cache"})
 
@@ -64,6 +65,7 @@ class TrainConfig:
     train_text_encoder: bool = False
     rank: int = 8  # LoRA
     lora_alpha: float | None = None  # default: rank
+    lora_targets: str = "attention+conv"  # attention | attention+conv
     # reporting
     checkpoint_every: int = 100
     validation_every: int = 100  # 0: samples only at the end
@@ -126,6 +128,8 @@ class TrainConfig:
             raise UserError(f"flip_p must be in [0, 1], got {self.flip_p}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.lora_targets not in LORA_TARGETS:
+            raise UserError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, not {self.lora_targets!r}")
         if self.learnable_property not in ("object", "style"):
             raise UserError(f"learnable_property must be object or style, not {self.learnable_property!r}")
         if self.prior_preservation:
@@ -214,6 +218,8 @@ _HELP = {
     "prior_loss_weight": "weight of the class-image loss",
     "rank": "LoRA rank",
     "lora_alpha": "LoRA alpha (default: the rank)",
+    "lora_targets": "UNet layers with LoRA adapters: attention projections only (diffusers' example), or also the "
+    "ResNet convolutions, which small UNets without attention at full resolution need",
     "checkpoint_every": "steps between checkpoints (the last good one is kept)",
     "validation_every": "steps between validation samples (0: only at the end)",
     "num_validation_images": "images per validation prompt (seeds 0..N-1)",
@@ -246,7 +252,7 @@ def add_train_args(p: argparse.ArgumentParser, method: str | None = None) -> Non
             conv = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
             required = f.name in ("images", "out")
             choices = {"method": METHODS, "lr_schedule": ("constant", "cosine"),
-                       "learnable_property": ("object", "style")}.get(f.name)  # fmt: skip
+                       "learnable_property": ("object", "style"), "lora_targets": LORA_TARGETS}.get(f.name)  # fmt: skip
             p.add_argument(flag, type=conv, default=default, required=required, choices=choices, help=help_text)
 
 

@@ -1,9 +1,12 @@
-"""DreamBooth LoRA: low-rank adapters (peft) on the UNet's attention projections, optionally on the
-text encoder's too; the base weights stay frozen. Prior preservation as in full DreamBooth.
+"""DreamBooth LoRA: low-rank adapters (peft) on the UNet's attention projections and ResNet convolutions,
+optionally on the text encoder's attention too; the base weights stay frozen. A small UNet draws shapes in
+its full-resolution blocks, which have no attention, so attention-only adapters (diffusers' example) barely
+move it: on the zoo model they found the subject in 6 % of images after 800 steps. Prior preservation as in full DreamBooth.
 
-Saved as diffusers' ``train_dreambooth_lora.py`` saves: ``get_peft_model_state_dict`` ->
-``convert_state_dict_to_diffusers`` -> ``StableDiffusionPipeline.save_lora_weights``, with the adapter
-config as metadata (so an alpha other than the rank loads right). Output:
+Saved with ``StableDiffusionPipeline.save_lora_weights`` from ``get_peft_model_state_dict``, in peft's key
+format, with the adapter config as metadata (so an alpha other than the rank loads right). Not through
+``convert_state_dict_to_diffusers`` as diffusers' ``train_dreambooth_lora.py`` does: it renames only the
+attention keys, and ``load_lora_weights`` then drops them from a file that also has convolution keys. Output:
 ``pytorch_lora_weights.safetensors``, loadable with ``pipe.load_lora_weights(run_folder)``.
 
     python -m personalize.dreambooth_lora --images DIR --token "<s*>" --class-word square --prior-preservation --out DIR
@@ -20,7 +23,10 @@ from .base import BaseModel
 from .config import TrainConfig, add_train_args, config_from_args
 from .training import Trainable, TrainResult, train
 
-UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+UNET_TARGETS = {
+    "attention": ["to_k", "to_q", "to_v", "to_out.0"],
+    "attention+conv": ["to_k", "to_q", "to_v", "to_out.0", "conv1", "conv2"],  # + each ResNet's two convolutions
+}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
@@ -40,7 +46,7 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the adapters' gaussian init
-    unet_cfg = lora_config(cfg, UNET_TARGETS)
+    unet_cfg = lora_config(cfg, UNET_TARGETS[cfg.lora_targets])
     pipe.unet.add_adapter(unet_cfg)
     params = {f"unet.{n}": p for n, p in pipe.unet.named_parameters() if p.requires_grad}
     text_cfg = None
@@ -51,15 +57,14 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
 
     def save_weights(out: Path) -> list[Path]:
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         text_layers = None
         if text_cfg is not None:
-            text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+            text_layers = get_peft_model_state_dict(pipe.text_encoder)
         StableDiffusionPipeline.save_lora_weights(
             out,
-            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+            unet_lora_layers=get_peft_model_state_dict(pipe.unet),
             text_encoder_lora_layers=text_layers,
             safe_serialization=True,
             unet_lora_adapter_metadata=unet_cfg.to_dict(),

@@ -92,6 +92,8 @@ def test_outputs_load_with_diffusers_in_a_fresh_process(tiny_sd_dir, tmp_path):
     assert list(emb) == ["<s*>"] and emb["<s*>"].shape == (2, 32)
     lora = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("unet.") for k in lora) and any(k.startswith("text_encoder.") for k in lora)
+    unet_keys = [k for k in lora if k.startswith("unet.")]  # attention and convolutions, all loaded below
+    assert any(".resnets." in k and ".conv1." in k for k in unet_keys) and any(".to_q." in k for k in unet_keys)
     proc = subprocess.run([sys.executable, "-c", REPRODUCE, json.dumps(jobs)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                                                           "PATH": "/usr/bin:/bin"})  # fmt: skip
