@@ -262,7 +262,7 @@ def test_pipeline_loads_in_fresh_process_and_is_deterministic(stages):
     alone = pipe(prompts[1:], generator=[torch.Generator().manual_seed(1)], **kw).images[0]
     np.testing.assert_allclose(alone, both[1], atol=1e-4)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["generate"] == {"steps": 2, "guidance": 3.0} and "3.0" in meta["oracle_single_object_test"]
+    assert meta["generate"] == {"steps": 2, "guidance": 3.0} and "3.0" in meta["oracle_test"]
     # the generic loader reads those as the export's recommended settings
     from evalkit.generators import load
 
