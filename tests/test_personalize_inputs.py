@@ -152,3 +152,19 @@ def test_cli_reports_input_errors_in_one_line_before_loading_a_model(tmp_path, c
                  "--model", str(tmp_path / "no-model")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "no-model" in err and err.count("\n") == 1
+
+
+def test_text_encoder_training_defaults_per_method_and_the_flag_overrides_it():
+    import argparse
+
+    from personalize.config import add_train_args, config_from_args
+
+    resolved = {m: TrainConfig(method=m, images="x", out="y").resolved().train_text_encoder for m in ("ti", "lora")}
+    assert resolved == {"ti": False, "lora": False}
+    assert TrainConfig(method="dreambooth", images="x", out="y").resolved().train_text_encoder is True
+    p = argparse.ArgumentParser()
+    add_train_args(p, method="dreambooth")
+    base = ["--images", "x", "--out", "y"]
+    assert config_from_args(p.parse_args(base), "dreambooth").resolved().train_text_encoder is True
+    off = config_from_args(p.parse_args(base + ["--no-train-text-encoder"]), "dreambooth").resolved()
+    assert off.train_text_encoder is False
