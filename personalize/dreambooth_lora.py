@@ -1,7 +1,8 @@
 """DreamBooth LoRA: low-rank adapters (peft) on the UNet's attention projections and ResNet convolutions,
-optionally on the text encoder's attention too; the base weights stay frozen. A small UNet draws shapes in
-its full-resolution blocks, which have no attention, so attention-only adapters (diffusers' example) barely
-move it: on the zoo model they found the subject in 6 % of images after 800 steps. Prior preservation as in full DreamBooth.
+optionally on the text encoder's attention too; the base weights stay frozen. Prior preservation as in full
+DreamBooth. A small UNet draws shapes in its full-resolution blocks, which have no attention, so
+attention-only adapters (diffusers' example) barely move it: on the zoo model they found the subject in
+6 % of images after 800 steps, against 82 % with the convolutions.
 
 Saved with ``StableDiffusionPipeline.save_lora_weights`` from ``get_peft_model_state_dict``, in peft's key
 format, with the adapter config as metadata (so an alpha other than the rank loads right). Not through
