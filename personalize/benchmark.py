@@ -42,6 +42,15 @@ VARIANTS: tuple[tuple[str, bool], ...] = (("lora", True), ("lora", False), ("dre
 TOKEN = "<s*>"
 MARK_START, MARK_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 ORDINARY_SEED = 2024
+PRIOR_PROMPTS = 24  # ordinary training-split captions beside the class prompt: 4 class images each of 100
+
+
+def write_prior_prompts(path: Path, n: int = PRIOR_PROMPTS) -> Path:
+    """Captions of the world's training split (the ordinary figures use the test split) as a prompt file."""
+    lines = ["# shapes-world training captions: prior-preservation prompts beside the class prompt"]
+    lines += [s.caption for s in world_sample(n, seed=ORDINARY_SEED, split="train")]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _rate(values: list[bool]) -> dict[str, Any]:
@@ -118,6 +127,7 @@ def _run_benchmark(model, subject, out, methods, n, readme, steps, num_class_ima
     root = Path(out).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     ordinary = ordinary_prompts(subj.class_word, n)
+    prior_file = write_prior_prompts(root / "prior-prompts.txt")
     results: dict[str, Any] = {"model": model, "model_fingerprint": base.fingerprint, "subject": subject, "n": n,
                                "sample_steps": base.sample_steps, "guidance": base.guidance, "runs": {}}  # fmt: skip
     results["base"] = subject_figures(base, subj, n, "a " + subj.class_word) | {
@@ -128,6 +138,7 @@ def _run_benchmark(model, subject, out, methods, n, readme, steps, num_class_ima
         run_dir = root / name
         cfg = TrainConfig(method=method, images=str(subj.folder), out=str(run_dir), model=model, token=TOKEN,
                           class_word=subj.class_word, prior_preservation=prior, steps=steps,
+                          prior_prompts=str(prior_file) if prior else None,
                           num_class_images=num_class_images, sample_steps=sample_steps,
                           resume=(run_dir / "config.json").is_file())  # fmt: skip
         t0 = time.time()

@@ -63,6 +63,7 @@ class TrainConfig:
     prior_preservation: bool = False
     class_prompt: str | None = None  # default "a photo of a {class}"
     num_class_images: int = 100
+    prior_prompts: str | None = None  # file: more prompts for class images, one per line
     prior_loss_weight: float = 1.0
     train_text_encoder: bool | None = None  # default per method (METHOD_DEFAULTS)
     rank: int = 8  # LoRA
@@ -141,6 +142,10 @@ class TrainConfig:
                 raise UserError("prior preservation needs a class: pass --class-word WORD (e.g. dog)")
             if self.num_class_images < 1:
                 raise UserError("prior preservation needs --num-class-images of at least 1")
+            if self.prior_prompts is not None:
+                read_prior_prompts(self.prior_prompts)  # a missing or empty file fails here, before any model loads
+        elif self.prior_prompts is not None:
+            raise UserError("--prior-prompts needs --prior-preservation")
         if self.train_text_encoder and self.method == "ti":
             raise UserError("--train-text-encoder is for DreamBooth; textual inversion trains only the new embedding")
         if not self.validation_prompts:
@@ -217,6 +222,8 @@ _HELP = {
     "learnable_property": "textual inversion templates: object or style",
     "class_prompt": "prior preservation prompt (default 'a photo of a {class}')",
     "num_class_images": "class images the base model generates (cached per model and prompt)",
+    "prior_prompts": "file of further prompts for class images, one per line: the class images cycle through the "
+    "class prompt and these, so the prior keeps what the model draws for them too (less drift)",
     "prior_loss_weight": "weight of the class-image loss",
     "rank": "LoRA rank",
     "lora_alpha": "LoRA alpha (default: the rank)",
@@ -229,6 +236,18 @@ _HELP = {
     "guidance": "classifier-free guidance scale (default: the model's recommendation)",
     "class_cache": "class-image cache folder (default $EVALKIT_CACHE/class-images)",
 }
+
+
+def read_prior_prompts(path: str | Path) -> list[str]:
+    """Non-empty lines of a prompt file (``#`` starts a comment line)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"prior prompts file not found: {file}")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"prior prompts file {file} has no prompts")
+    return prompts
 
 
 def add_train_args(p: argparse.ArgumentParser, method: str | None = None) -> None:

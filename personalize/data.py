@@ -113,13 +113,14 @@ class TrainingData:
 
     def __init__(self, vae, subject: list[SubjectImage], prompts: list[list[str]], size: int, batch_size: int,
                  seed: int, flip_p: float = 0.0, class_images: list[Image.Image] | None = None,
-                 class_prompt: str | None = None):  # fmt: skip
+                 class_prompts: list[str] | None = None):  # fmt: skip
+        """``class_prompts``: the prompt of each class image."""
         self.batch_size = batch_size
         self.instance = ImageSet(vae, [fit_square(s.image, size) for s in subject], prompts, seed, "instance", flip_p)
         self.prior = None
         if class_images:
             images = [fit_square(im, size) for im in class_images]
-            self.prior = ImageSet(vae, images, [[class_prompt or ""]] * len(images), seed, "class", flip_p)
+            self.prior = ImageSet(vae, images, [[p] for p in class_prompts], seed, "class", flip_p)
 
     def batch(self, step: int) -> Batch:
         latents, prompts = self.instance.take(step, self.batch_size)

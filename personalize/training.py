@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from evalkit.errors import UserError
 from evalkit.utils import progress
 from evalkit.zoo.common import TrainLog, check_finite, cosine_lr, set_lr
 
 from .base import BaseModel, load_base, quiet_diffusers, sample, warn_long_prompts
-from .config import METHOD_NAMES, TrainConfig
+from .config import METHOD_NAMES, TrainConfig, read_prior_prompts
 from .data import Batch, TrainingData, hash_seed, instance_prompts
 from .inputs import load_subject_images, subject_fingerprint
 from .prior import class_images
@@ -192,6 +193,16 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
     return TrainResult(run.path, weights, cfg.steps, seconds, loss_value, final, info)
 
 
+def prior_images(cfg: TrainConfig, base, size: int) -> tuple[list[Image.Image], list[str], list[str]]:
+    """The class images, their prompts and cache folders: image ``i`` is image ``i // P`` of prompt ``i % P``
+    among the class prompt and the ``prior_prompts`` file's P - 1 prompts."""
+    prompts = [cfg.fill(cfg.class_prompt)] + (read_prior_prompts(cfg.prior_prompts) if cfg.prior_prompts else [])
+    n, k = cfg.num_class_images, len(prompts)
+    per_prompt = [class_images(base, p, len(range(j, n, k)), size, cfg.class_cache) for j, p in enumerate(prompts)]
+    images = [per_prompt[i % k][0][i // k] for i in range(n)]
+    return images, [prompts[i % k] for i in range(n)], [str(folder) for ims, folder in per_prompt if ims]
+
+
 def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.images``; inputs are checked before any model loads.
 
@@ -211,18 +222,17 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
                     "images": str(Path(cfg.images).expanduser().resolve()),
                     "images_fingerprint": subject_fingerprint(subject), "num_images": len(subject),
                     "sample_steps": base.sample_steps, "guidance": base.guidance, "resolution": size})  # fmt: skip
-    prior, prior_prompt = None, None
+    prior, prior_prompts = None, None
     if cfg.prior_preservation:
-        prior_prompt = cfg.fill(cfg.class_prompt)
-        prior, folder = class_images(base, prior_prompt, cfg.num_class_images, size, cfg.class_cache)
-        run.write_info(run.info() | {"class_images": str(folder), "class_prompt": prior_prompt})
+        prior, prior_prompts, folders = prior_images(cfg, base, size)
+        run.write_info(run.info() | {"class_images": folders, "class_prompts": sorted(set(prior_prompts))})
     trainable = setup.setup(cfg, base)  # changes the pipeline: after class images are made
     prompts = instance_prompts(subject, cfg)
     warn_long_prompts(
         base.pipe.tokenizer, [p for ps in prompts for p in ps] + [cfg.fill(p) for p in cfg.validation_prompts]
     )
     data = TrainingData(
-        base.pipe.vae, subject, prompts, size, cfg.batch_size, cfg.seed, cfg.flip_p, prior, prior_prompt
+        base.pipe.vae, subject, prompts, size, cfg.batch_size, cfg.seed, cfg.flip_p, prior, prior_prompts
     )
     with quiet_diffusers():
         result = fit(cfg, run, base, data, trainable, callback)

@@ -165,7 +165,7 @@ def test_exploding_learning_rate_is_caught(tiny_sd_dir, tmp_path):
 def test_run_folders_are_not_clobbered_and_resume_checks_the_config(tiny_sd_dir, tmp_path):
     cfg = config(tiny_sd_dir, tmp_path, "lora", steps=2, validation_every=0, prior_preservation=True)
     train(cfg)
-    cache = Path(json.loads((Path(cfg.out) / "run.json").read_text())["class_images"])
+    cache = Path(json.loads((Path(cfg.out) / "run.json").read_text())["class_images"][0])
     stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.png")}
     assert len(stamps) == 2
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
@@ -211,3 +211,23 @@ def test_each_method_script_runs_two_steps(tiny_sd_dir, tmp_path, module):
             "--steps", "2", "--batch-size", "1", "--sample-steps", "1", "--num-validation-images", "1"]  # fmt: skip
     result = script.main(argv)
     assert result.steps == 2 and all(w.is_file() for w in result.weights)
+
+
+def test_prior_prompts_spread_the_class_images_over_more_prompts(tiny_sd_dir, tmp_path):
+    from personalize.base import load_base
+    from personalize.training import prior_images
+
+    f = tmp_path / "prior.txt"
+    f.write_text("# ordinary prompts\na red circle\n\na blue star on a black background\n")
+    cfg = config(tiny_sd_dir, tmp_path, "lora", prior_preservation=True, num_class_images=4, prior_prompts=str(f))
+    cfg = cfg.resolved()
+    images, prompts, folders = prior_images(cfg, load_base(cfg.model, cfg.sample_steps, cfg.guidance), 32)
+    assert prompts == ["a photo of a square", "a red circle", "a blue star on a black background", "a photo of a square"]
+    assert len(images) == 4 and len(folders) == 3 and len(list(Path(folders[0]).glob("*.png"))) == 2
+    assert np.asarray(images[0]).tolist() != np.asarray(images[3]).tolist()  # seeds 0 and 1 of the class prompt
+    for bad, match in [(tmp_path / "none.txt", "not found"), (tmp_path / "empty.txt", "has no prompts")]:
+        (tmp_path / "empty.txt").write_text("# nothing\n")
+        with pytest.raises(UserError, match=match):
+            config(tiny_sd_dir, tmp_path, "lora", prior_preservation=True, prior_prompts=str(bad)).resolved()
+    with pytest.raises(UserError, match="needs --prior-preservation"):
+        config(tiny_sd_dir, tmp_path, "lora", prior_prompts=str(f)).resolved()
