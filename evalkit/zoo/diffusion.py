@@ -166,8 +166,8 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
     share = cfg.get("one_object_share")
     if isinstance(share, dict):
         share = share[max((k for k in share if int(k) <= step), key=int)]
-    multi_rows = _complement(one_object_rows, n) if one_object_rows is not None else None
-    if share and one_object_rows is not None and len(one_object_rows) and len(multi_rows):
+    multi_rows = _complement(one_object_rows, n) if share and one_object_rows is not None else []
+    if len(multi_rows) and len(one_object_rows):
         g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
         pick_one = torch.rand(b, generator=g) < share
         multi_row = multi_rows[torch.randint(len(multi_rows), (b,), generator=g)]
