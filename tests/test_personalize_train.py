@@ -222,7 +222,12 @@ def test_prior_prompts_spread_the_class_images_over_more_prompts(tiny_sd_dir, tm
     cfg = config(tiny_sd_dir, tmp_path, "lora", prior_preservation=True, num_class_images=4, prior_prompts=str(f))
     cfg = cfg.resolved()
     images, prompts, folders = prior_images(cfg, load_base(cfg.model, cfg.sample_steps, cfg.guidance), 32)
-    assert prompts == ["a photo of a square", "a red circle", "a blue star on a black background", "a photo of a square"]
+    assert prompts == [
+        "a photo of a square",
+        "a red circle",
+        "a blue star on a black background",
+        "a photo of a square",
+    ]
     assert len(images) == 4 and len(folders) == 3 and len(list(Path(folders[0]).glob("*.png"))) == 2
     assert np.asarray(images[0]).tolist() != np.asarray(images[3]).tolist()  # seeds 0 and 1 of the class prompt
     for bad, match in [(tmp_path / "none.txt", "not found"), (tmp_path / "empty.txt", "has no prompts")]:

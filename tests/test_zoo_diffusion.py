@@ -341,3 +341,34 @@ def test_sampler_names_the_exported_scheduler_and_a_typo_is_a_clear_error():
     for bad in ("EulerAncestral", "StableDiffusionPipeline"):
         with pytest.raises(UserError, match="not a diffusers scheduler"):
             diffusion.sampling_scheduler(train, bad)
+
+
+def test_warm_start_adds_attention_as_identity_and_trains_on(stages, tmp_path):
+    src = diffusion.load_pipeline(stages / "sd").unet
+    wider = dict(DIFF_CFG["model"], blocks=["cross", "cross"])
+    unet = diffusion.build_unet(wider, 4, src.config.sample_size, src.config.cross_attention_dim)
+    report = diffusion.warm_start(unet, stages / "sd")
+    assert report["new"] > 0 and report["dropped"] == 0 and report["copied"] == len(src.state_dict())
+    torch.manual_seed(0)
+    z, t = torch.randn(2, 4, src.config.sample_size, src.config.sample_size), torch.tensor([10, 900])
+    ctx = torch.randn(2, 5, src.config.cross_attention_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(z, t, ctx).sample, src(z, t, ctx).sample, atol=1e-5, rtol=1e-4)
+    # the whole loop: a warm-started run exports and records where it started
+    cfg = dict(DIFF_CFG, model=wider, init_from=str(stages / "sd"), vae_dir=str(stages / "vae"),
+               text_encoder_dir=str(stages / "te"), eval_n=1)  # fmt: skip
+    diffusion.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["init_from"]["steps"] == 3 and meta["init_from"]["cpu_seconds"] >= 0
+    out = diffusion.load_pipeline(tmp_path / "out").unet
+    assert out.config.down_block_types[0] == "CrossAttnDownBlock2D"
+
+
+def test_warm_start_refuses_another_architecture(stages, tmp_path):
+    src = diffusion.load_pipeline(stages / "sd").unet
+    other = dict(DIFF_CFG["model"], block_out_channels=[16, 48])
+    unet = diffusion.build_unet(other, 4, src.config.sample_size, src.config.cross_attention_dim)
+    with pytest.raises(UserError, match="other shapes"):
+        diffusion.warm_start(unet, stages / "sd")
+    with pytest.raises(UserError, match="no UNet in"):
+        diffusion.warm_start(unet, tmp_path)

@@ -49,6 +49,7 @@ from .common import (
     images_to_tensor,
     load_checkpoint,
     render_batch,
+    resolve,
     save_checkpoint,
     set_lr,
     step_generator,
@@ -83,6 +84,35 @@ def build_unet(
         norm_num_groups=model_cfg["norm_num_groups"],
         **extra,
     )
+
+
+def warm_start(unet: UNet2DConditionModel, source: str | Path) -> dict[str, Any]:
+    """Seed ``unet`` from a trained UNet (a pipeline or UNet folder) wherever parameter names match.
+
+    Blocks the source lacks (attention added at a finer resolution, say) start as the identity: their
+    output projections are zeroed, so the new model first computes exactly what the source did and
+    training only has to learn what the new blocks add. A name whose shape differs means another
+    architecture, which is an error, not a partial copy.
+    """
+    src = Path(source)
+    if (src / "unet").is_dir():
+        src = src / "unet"
+    if not (src / "config.json").is_file():
+        raise UserError(f"init_from: no UNet in {source} (expected a pipeline folder or a UNet save_pretrained folder)")
+    theirs = UNet2DConditionModel.from_pretrained(src, torch_dtype=torch.float32).state_dict()
+    ours = unet.state_dict()
+    clash = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape]
+    if clash:
+        raise UserError(f"init_from: {len(clash)} parameters of {source} have other shapes, e.g. {clash[0]} "
+                        f"{tuple(theirs[clash[0]].shape)} vs {tuple(ours[clash[0]].shape)}")  # fmt: skip
+    new = [k for k in ours if k not in theirs]
+    with torch.no_grad():
+        for k, v in ours.items():
+            if k in theirs:
+                v.copy_(theirs[k])
+            elif ".attentions." in k and ".proj_out." in k:
+                v.zero_()
+    return {"copied": len(ours) - len(new), "new": len(new), "dropped": sum(k not in ours for k in theirs)}
 
 
 def train_scheduler(cfg: dict[str, Any]) -> DDPMScheduler:
@@ -250,11 +280,14 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     unet = build_unet(
         cfg["model"], vae.config.latent_channels, cfg["image_size"] // down, text_encoder.config.hidden_size
     )
+    ckpt = load_checkpoint(work) if resume else None
+    init = cfg.get("init_from")
+    if init and not ckpt:
+        print(f"warm start from {init}: {warm_start(unet, resolve(init, init))}", flush=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     ema = EMA(unet, cfg["ema_decay"], warmup=True)
     sched = train_scheduler(cfg)
     start, cpu = 0, 0.0
-    ckpt = load_checkpoint(work) if resume else None
     if ckpt:
         if ckpt.get("frozen") != ids:
             raise UserError(
@@ -333,9 +366,18 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
             "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
             "frozen": ids, "generate": {"steps": cfg["sample_steps"], "guidance": float(best)},
             "oracle_test": evals, "config": cfg}  # fmt: skip
+    if init:
+        meta["init_from"] = _base_meta(resolve(init, init))
     write_meta(out, meta)
     log.write(step=steps, final_eval=evals)
     print(f"diffusion pipeline exported to {out}; best guidance {best}: {evals[best]}", flush=True)
+
+
+def _base_meta(source: Path) -> dict[str, Any]:
+    """What a warm-started model inherits: the source's steps and CPU time count toward its cost."""
+    meta_path = source / "meta.json"
+    base = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {"path": str(source), "steps": base.get("steps"), "cpu_seconds": base.get("cpu_seconds")}
 
 
 # --------------------------------------------------------------------------- evaluation
