@@ -218,7 +218,8 @@ _HELP = {
     "flip_p": "probability of a horizontal flip (mirrors asymmetric subjects: off by default)",
     "instance_prompt": "prompt for images without captions (default 'a photo of {token} {class}'; TI: templates)",
     "num_vectors": "textual inversion: vectors behind the token",
-    "initializer": "textual inversion: word whose embedding starts the token (default: the class word)",
+    "initializer": "textual inversion: word whose embedding starts the token (default: the class word); "
+    "a phrase with as many pieces as --num-vectors starts one vector per piece",
     "learnable_property": "textual inversion templates: object or style",
     "class_prompt": "prior preservation prompt (default 'a photo of a {class}')",
     "num_class_images": "class images the base model generates (cached per model and prompt)",

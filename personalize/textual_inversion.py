@@ -36,12 +36,20 @@ def check(cfg: TrainConfig, base: BaseModel) -> None:
 
 
 def add_tokens(pipe, token: str, num_vectors: int, initializer: str) -> tuple[list[int], torch.Tensor]:
-    """Add the new token(s); returns their ids and the initial vector (mean embedding of the initializer's pieces)."""
+    """Add the new token(s); returns their ids and initial vectors [num_vectors, dim].
+
+    Each vector starts at the mean embedding of the initializer's pieces, except when there are as many
+    vectors as pieces: then vector i starts at piece i, so a phrase ("yellow triangle above purple
+    square") can describe a subject no single word does, and the token starts as that phrase.
+    """
     tok, text_encoder = pipe.tokenizer, pipe.text_encoder
     names = check_new_tokens(tok, token, num_vectors)
     init_ids = tok.encode(initializer, add_special_tokens=False)
-    emb = text_encoder.get_input_embeddings()
-    init = emb.weight.detach()[init_ids].mean(0)
+    table = text_encoder.get_input_embeddings().weight.detach()
+    if len(init_ids) == num_vectors > 1:
+        init = table[init_ids].clone()
+    else:
+        init = table[init_ids].mean(0).repeat(num_vectors, 1)
     tok.add_tokens(names)
     ids = tok.convert_tokens_to_ids(names)
     text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)  # the new rows are set just below
@@ -70,7 +78,7 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     ids, init = add_tokens(pipe, cfg.token, cfg.num_vectors, cfg.initializer)
-    vectors = torch.nn.Parameter(init.repeat(cfg.num_vectors, 1).clone())
+    vectors = torch.nn.Parameter(init.clone())
     embedding = pipe.text_encoder.get_input_embeddings()
     embedding.register_forward_hook(splice_hook(ids, vectors))
 

@@ -236,3 +236,18 @@ def test_prior_prompts_spread_the_class_images_over_more_prompts(tiny_sd_dir, tm
             config(tiny_sd_dir, tmp_path, "lora", prior_preservation=True, prior_prompts=str(bad)).resolved()
     with pytest.raises(UserError, match="needs --prior-preservation"):
         config(tiny_sd_dir, tmp_path, "lora", prior_prompts=str(f)).resolved()
+
+
+def test_ti_initializer_phrase_starts_one_vector_per_piece(tiny_sd_dir):
+    from personalize.base import load_base
+    from personalize.textual_inversion import add_tokens
+
+    pipe = load_base(str(tiny_sd_dir), 2, 3.0).pipe
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    pieces = pipe.tokenizer.encode("red circle", add_special_tokens=False)
+    assert len(pieces) > 1
+    ids, init = add_tokens(pipe, "<a>", len(pieces), "red circle")  # as many vectors as pieces: one each
+    torch.testing.assert_close(init, table[pieces])
+    torch.testing.assert_close(pipe.text_encoder.get_input_embeddings().weight[ids], table[pieces])
+    _, init = add_tokens(pipe, "<b>", 2, "red circle")  # otherwise: the pieces' mean in every vector
+    torch.testing.assert_close(init, table[pieces].mean(0).repeat(2, 1))
