@@ -20,9 +20,12 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; exit 1; }
 	@touch $(STAMP)
 
+# The main job: every committed zoo generator on held-out shapes prompts (resumes if interrupted),
+# then the leaderboard (oracle accuracy beside FID) and the HTML report.
 demo: $(STAMP)
-	$(BIN)/python -m evalkit shapes make --n 500 --seed 0 --out runs/demo/shapes
-	$(BIN)/python -m evalkit oracle --images runs/demo/shapes --json runs/demo/oracle.json
+	$(BIN)/python -m evalkit run recipes/shapes-leaderboard.yaml
+	$(BIN)/python -m evalkit leaderboard --recipe shapes-leaderboard
+	$(BIN)/python -m evalkit report --recipe shapes-leaderboard
 
 # Browser tests drive Debian's Chromium (never a downloaded browser); install it when missing.
 chromium:

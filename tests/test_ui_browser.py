@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from ui_server import GEN_PARAMS, running_app, tiny_generators
 
+from evalkit.ui.models import zoo_generators
 from personalize.subjects import HOUSEMARK
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -77,7 +78,9 @@ def test_every_tab_in_headless_chromium(app, tmp_path):
             _fill(page, "compare-steps", GEN_PARAMS["steps"])
             _fill(page, "compare-size", GEN_PARAMS["size"])
             page.locator("#compare-run").click()
-            expect(page.locator("#compare-gallery img")).to_have_count(2, timeout=JOB_TIMEOUT_MS)
+            # every generator is preselected: the app's two and any committed zoo generator
+            shown = len(app.generators) + len(zoo_generators())
+            expect(page.locator("#compare-gallery img")).to_have_count(shown, timeout=JOB_TIMEOUT_MS)
             expect(page.locator("#compare-table")).to_contain_text("tiny-amused")
             verdicts = page.locator("#compare-table").inner_text()
             assert "correct" in verdicts or "wrong" in verdicts, verdicts
