@@ -281,9 +281,9 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         cfg["model"], vae.config.latent_channels, cfg["image_size"] // down, text_encoder.config.hidden_size
     )
     ckpt = load_checkpoint(work) if resume else None
-    init = cfg.get("init_from")
+    init = resolve(cfg["init_from"], "") if cfg.get("init_from") else None
     if init and not ckpt:
-        print(f"warm start from {init}: {warm_start(unet, resolve(init, init))}", flush=True)
+        print(f"warm start from {init}: {warm_start(unet, init)}", flush=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     ema = EMA(unet, cfg["ema_decay"], warmup=True)
     sched = train_scheduler(cfg)
@@ -367,7 +367,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
             "frozen": ids, "generate": {"steps": cfg["sample_steps"], "guidance": float(best)},
             "oracle_test": evals, "config": cfg}  # fmt: skip
     if init:
-        meta["init_from"] = _base_meta(resolve(init, init))
+        meta["init_from"] = _base_meta(init)
     write_meta(out, meta)
     log.write(step=steps, final_eval=evals)
     print(f"diffusion pipeline exported to {out}; best guidance {best}: {evals[best]}", flush=True)
