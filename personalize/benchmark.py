@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evalkit.errors import ModelNotFoundError, UserError
 from evalkit.shapes.oracle import evaluate as oracle_evaluate
 from evalkit.shapes.world import BACKGROUNDS
@@ -92,13 +94,30 @@ def subject_figures(base: BaseModel, subject: Subject, n: int, subject_text: str
 
 
 def ordinary_figures(base: BaseModel, prompts: dict[str, list]) -> dict[str, Any]:
+    """Oracle accuracy per prompt set, with each image's verdict (seed ``i`` for prompt ``i``) for paired drops."""
     out = {}
     for key, samples in prompts.items():
         images = sample(base.pipe, [s.caption for s in samples], list(range(len(samples))), base.sample_steps,
                         base.guidance, base.size)  # fmt: skip
-        report = oracle_evaluate(zip(images, [s.spec for s in samples]), desc=f"oracle {key}")
-        out[key] = {"value": report.accuracy, "n": report.overall["n"]}
+        report = oracle_evaluate(zip(images, [s.spec for s in samples]), keep_verdicts=True, desc=f"oracle {key}")
+        out[key] = {"value": report.accuracy, "n": report.overall["n"], "ci95": report.overall["ci95"],
+                    "correct": [int(v.correct) for v in report.verdicts]}  # fmt: skip
     return out
+
+
+def paired_drop(before: list[int], after: list[int]) -> dict[str, Any]:
+    """Accuracy lost on the same prompts and seeds, with a 95 % normal interval on the paired differences:
+    pairing removes the prompt-to-prompt spread that two independent rates would carry.
+
+    >>> paired_drop([1, 1, 0, 1], [1, 0, 0, 1])["value"]
+    0.25
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_drop needs two verdict lists of the same, non-zero length")
+    d = np.asarray(before, dtype=float) - np.asarray(after, dtype=float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"value": round(float(d.mean()), 4), "ci95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)],
+            "n": len(d)}  # fmt: skip
 
 
 def run_benchmark(
@@ -107,6 +126,7 @@ def run_benchmark(
     out: str = "runs/personalize-benchmark",
     methods: list[str] | tuple[str, ...] = ("lora", "dreambooth", "ti"),
     n: int = 50,
+    n_ordinary: int = 200,
     readme: str | None = None,
     steps: int | None = None,
     num_class_images: int = 100,
@@ -117,18 +137,19 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Train, measure and tabulate every variant of ``methods``; returns (and writes ``OUT/figures.json``) the figures."""
     with quiet_diffusers():
-        return _run_benchmark(model, subject, out, methods, n, readme, steps, num_class_images, db, extractor, dino,
-                              sample_steps)  # fmt: skip
+        return _run_benchmark(model, subject, out, methods, n, n_ordinary, readme, steps, num_class_images, db,
+                              extractor, dino, sample_steps)  # fmt: skip
 
 
-def _run_benchmark(model, subject, out, methods, n, readme, steps, num_class_images, db, extractor, dino, sample_steps):
+def _run_benchmark(model, subject, out, methods, n, n_ordinary, readme, steps, num_class_images, db, extractor, dino,
+                   sample_steps):  # fmt: skip
     subj = get_subject(subject)
     base = load_base(model, sample_steps)
     root = Path(out).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    ordinary = ordinary_prompts(subj.class_word, n)
+    ordinary = ordinary_prompts(subj.class_word, n_ordinary)
     prior_file = write_prior_prompts(root / "prior-prompts.txt")
-    results: dict[str, Any] = {"model": model, "model_fingerprint": base.fingerprint, "subject": subject, "n": n,
+    results: dict[str, Any] = {"model": model, "model_fingerprint": base.fingerprint, "subject": subject, "n": n, "n_ordinary": n_ordinary,
                                "sample_steps": base.sample_steps, "guidance": base.guidance, "runs": {}}  # fmt: skip
     results["base"] = subject_figures(base, subj, n, "a " + subj.class_word) | {
         "ordinary": ordinary_figures(base, ordinary)
@@ -152,7 +173,7 @@ def _run_benchmark(model, subject, out, methods, n, readme, steps, num_class_ima
         figs |= {"train_seconds": info.get("total_seconds"), "loop_seconds": info.get("train_seconds"),
                  "steps": info.get("steps"), "method": method, "prior_preservation": prior,
                  "benchmark_seconds": round(time.time() - t0, 1)}  # fmt: skip
-        figs["ordinary_drop"] = {k: round(results["base"]["ordinary"][k]["value"] - v["value"], 4)
+        figs["ordinary_drop"] = {k: paired_drop(results["base"]["ordinary"][k]["correct"], v["correct"])
                                  for k, v in figs["ordinary"].items()}  # fmt: skip
         try:
             from .evaluation import evaluate
@@ -179,6 +200,12 @@ def _v(fig: dict | None, digits: int = 2) -> str:
     return f"{fig['value']:.{digits}f}"
 
 
+def _drop(d: dict) -> str:
+    """A paired drop and its interval, e.g. ``+0.04 [-0.01, 0.09]``."""
+    lo, hi = d.get("ci95") or (None, None)
+    return f"{d['value']:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None else "")
+
+
 def _before_after(subject_metrics: dict, metric: str) -> str:
     before, after = subject_metrics.get("before", {}), subject_metrics.get("after", {})
     if before.get(metric) is None or after.get(metric) is None:
@@ -190,7 +217,7 @@ def format_table(results: dict[str, Any]) -> str:
     """The acceptance table: one row per variant, the base model first."""
     base = results["base"]
     head = ("| variant | train time | presence (\"a photo of <s*>\") | background correct | outline | "
-            "ordinary prompts, class word / others (drop) | CLIP-I before → after | CLIP-T | DINO-style |")  # fmt: skip
+            "ordinary prompts, class word / others (drop, 95 % CI) | CLIP-I before → after | CLIP-T | DINO-style |")  # fmt: skip
     rows = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     bo = base["ordinary"]
     rows.append(f"| base model, class word (\"a photo of a {get_subject(results['subject']).class_word}\") | – | "
@@ -202,11 +229,12 @@ def format_table(results: dict[str, Any]) -> str:
         metric = lambda m, sm=r.get("subject_metrics", {}): _before_after(sm, m)  # noqa: E731
         rows.append(f"| {label} ({r['steps']} steps) | {r['train_seconds']:.0f} s | {_v(r['presence'])} | "
                     f"{_v(r['background'])} | {_v(r['outline'])} | {_v(o['class_word'])} / {_v(o['others'])} "
-                    f"({d['class_word']:+.2f} / {d['others']:+.2f}) | {metric('clip_i')} | {metric('clip_t')} | "
+                    f"({_drop(d['class_word'])} / {_drop(d['others'])}) | {metric('clip_i')} | {metric('clip_t')} | "
                     f"{metric('dino')} |")  # fmt: skip
     note = (f"\nMeasured on `{results['model']}` (fingerprint {results['model_fingerprint']}), subject "
-            f"`{results['subject']}`, n = {results['n']} images per figure, {results['sample_steps']} sampling steps, "
-            f"guidance {results['guidance']}. Drop = base accuracy minus personalized accuracy.")  # fmt: skip
+            f"`{results['subject']}`, n = {results['n']} images per subject figure and {results.get('n_ordinary', results['n'])} "
+            f"per ordinary-prompt set, {results['sample_steps']} sampling steps, "
+            f"guidance {results['guidance']}. Drop = base accuracy minus personalized accuracy on the same prompts and seeds.")  # fmt: skip
     return "\n".join(rows) + "\n" + note
 
 

@@ -59,7 +59,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from .benchmark import run_benchmark
 
     run_benchmark(
-        model=args.model, subject=args.subject, out=args.out, methods=args.methods, n=args.n, readme=args.readme,
+        model=args.model, subject=args.subject, out=args.out, methods=args.methods, n=args.n, n_ordinary=args.n_ordinary, readme=args.readme,
         steps=args.steps, num_class_images=args.num_class_images, db=None if args.no_db else args.db,
         extractor=args.extractor, dino=args.dino, sample_steps=args.sample_steps,
     )  # fmt: skip
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--subject", default="housemark")
     b.add_argument("--out", default="runs/personalize-benchmark")
     b.add_argument("--methods", nargs="+", default=["lora", "dreambooth", "ti"], choices=["lora", "dreambooth", "ti"])
-    b.add_argument("--n", type=int, default=50, help="images per oracle figure")
+    b.add_argument("--n", type=int, default=50, help="images per subject figure (presence, background)")
+    b.add_argument("--n-ordinary", type=int, default=200, help="prompts per ordinary-prompt set (drift)")
     b.add_argument("--steps", type=int, default=None, help="override every method's step count (smoke tests)")
     b.add_argument("--num-class-images", type=int, default=100)
     b.add_argument("--sample-steps", type=int, default=None, help="default: the model's recommendation")

@@ -30,6 +30,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_MODEL = "zoo/diffusion"
 LORA_TARGETS = ("attention", "attention+conv")
+PRIOR_TARGETS = ("base", "images")
 # Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "validation_every", "resume", "class_cache"})
 
@@ -65,6 +66,7 @@ class TrainConfig:
     num_class_images: int = 100
     prior_prompts: str | None = None  # file: more prompts for class images, one per line
     prior_loss_weight: float = 1.0
+    prior_target: str = "base"  # base | images: what the class rows learn (see _HELP)
     train_text_encoder: bool | None = None  # default per method (METHOD_DEFAULTS)
     rank: int = 8  # LoRA
     lora_alpha: float | None = None  # default: rank
@@ -131,6 +133,8 @@ class TrainConfig:
             raise UserError(f"flip_p must be in [0, 1], got {self.flip_p}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.prior_target not in PRIOR_TARGETS:
+            raise UserError(f"prior_target must be one of {', '.join(PRIOR_TARGETS)}, not {self.prior_target!r}")
         if self.lora_targets not in LORA_TARGETS:
             raise UserError(f"lora_targets must be one of {', '.join(LORA_TARGETS)}, not {self.lora_targets!r}")
         if self.learnable_property not in ("object", "style"):
@@ -162,7 +166,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**({"prior_target": "images"} | d))  # runs written before prior_target learned the images
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -226,6 +230,9 @@ _HELP = {
     "prior_prompts": "file of further prompts for class images, one per line: the class images cycle through the "
     "class prompt and these, so the prior keeps what the model draws for them too (less drift)",
     "prior_loss_weight": "weight of the class-image loss",
+    "prior_target": "what the class rows learn: 'base', the base model's own prediction on the same noisy class "
+    "latents (a distillation prior: far less variance, so less drift for as much of the subject), or 'images', "
+    "the class images' noise or velocity as in diffusers' train_dreambooth.py",
     "rank": "LoRA rank",
     "lora_alpha": "LoRA alpha (default: the rank)",
     "lora_targets": "UNet layers with LoRA adapters: attention projections only (diffusers' example), or also the "
@@ -276,7 +283,8 @@ def add_train_args(p: argparse.ArgumentParser, method: str | None = None) -> Non
             conv = {"int": int, "float": float}.get(kind.replace(" | None", ""), str)
             required = f.name in ("images", "out")
             choices = {"method": METHODS, "lr_schedule": ("constant", "cosine"),
-                       "learnable_property": ("object", "style"), "lora_targets": LORA_TARGETS}.get(f.name)  # fmt: skip
+                       "learnable_property": ("object", "style"), "lora_targets": LORA_TARGETS,
+                       "prior_target": PRIOR_TARGETS}.get(f.name)  # fmt: skip
             p.add_argument(flag, type=conv, default=default, required=required, choices=choices, help=help_text)
 
 

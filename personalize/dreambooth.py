@@ -12,7 +12,9 @@ and as an evalkit generator (``dir:RUN``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from evalkit.utils import atomic_write_text
@@ -42,7 +44,24 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
         return [out / "model_index.json"]
 
-    return Trainable(params=params, save_weights=save_weights, no_decay=("embed",))
+    as_base = nullcontext
+    if cfg.prior_preservation and cfg.prior_target == "base":
+        frozen = {name: copy.deepcopy(getattr(pipe, name)).requires_grad_(False).eval()
+                  for name in ("unet", "text_encoder")[: 1 + bool(cfg.train_text_encoder)]}  # fmt: skip
+
+        @contextmanager
+        def as_base():
+            """The pipeline with frozen copies of the base modules swapped in, for the prior's target."""
+            trained = {name: getattr(pipe, name) for name in frozen}
+            for name, module in frozen.items():
+                setattr(pipe, name, module)
+            try:
+                yield
+            finally:
+                for name, module in trained.items():
+                    setattr(pipe, name, module)
+
+    return Trainable(params=params, save_weights=save_weights, no_decay=("embed",), as_base=as_base)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

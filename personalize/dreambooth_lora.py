@@ -16,6 +16,7 @@ attention keys, and ``load_lora_weights`` then drops them from a file that also 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,7 +74,19 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
         )
         return [out / WEIGHTS_NAME]
 
-    return Trainable(params=params, save_weights=save_weights)
+    @contextmanager
+    def as_base():
+        """The adapters switched off: the frozen base model, for the prior's target."""
+        adapted = [pipe.unet] + ([pipe.text_encoder] if text_cfg is not None else [])
+        for module in adapted:
+            module.disable_adapters()
+        try:
+            yield
+        finally:
+            for module in adapted:
+                module.enable_adapters()  # also makes the adapters trainable again
+
+    return Trainable(params=params, save_weights=save_weights, as_base=as_base)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,13 @@ Callback = Callable[[dict[str, Any]], None]
 
 @dataclass
 class Trainable:
-    """What a method hands the loop: named tensors to learn and a saver of diffusers-format weights."""
+    """What a method hands the loop: named tensors to learn, a saver of diffusers-format weights, and (for
+    ``prior_target="base"``) a context in which the pipeline computes as the untrained base model."""
 
     params: dict[str, torch.nn.Parameter]
     save_weights: Callable[[Path], list[Path]]
     no_decay: tuple[str, ...] = ()  # name fragments kept out of weight decay (besides biases and norms)
+    as_base: Callable[[], AbstractContextManager] = nullcontext
 
 
 @dataclass
@@ -79,8 +82,14 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     return pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)[0]
 
 
-def denoising_loss(pipe, sched, batch: Batch, noise_seed: int, prior_weight: float) -> tuple[torch.Tensor, dict]:
-    """MSE of the UNet's prediction (ε, v or x0 as the scheduler says); class rows weighted by ``prior_weight``."""
+def denoising_loss(pipe, sched, batch: Batch, noise_seed: int, prior_weight: float,
+                   as_base: Callable[[], AbstractContextManager] | None = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """MSE of the UNet's prediction (ε, v or x0 as the scheduler says); class rows weighted by ``prior_weight``.
+
+    With ``as_base`` the class rows' target is what the base model predicts for the same noisy latents
+    and prompts (computed inside that context): the prior then pins the function itself, not one noisy
+    sample of it, so it holds the model in place with far less variance than the class images' own target.
+    """
     z0 = batch.latents
     gen = torch.Generator().manual_seed(noise_seed)
     noise = torch.randn(z0.shape, generator=gen)
@@ -91,8 +100,12 @@ def denoising_loss(pipe, sched, batch: Batch, noise_seed: int, prior_weight: flo
     if target is None:
         target = sched.get_velocity(z0, noise, t)
     pred = pipe.unet(zt, t, encoder_hidden_states=encode_prompts(pipe, batch.prompts)).sample
-    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     k = z0.shape[0] - batch.num_prior
+    if batch.num_prior and as_base is not None:
+        with torch.no_grad(), as_base():
+            states = encode_prompts(pipe, batch.prompts[k:])
+            target = torch.cat([target[:k], pipe.unet(zt[k:], t[k:], encoder_hidden_states=states).sample])
+    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     instance = per_sample[:k].mean()
     parts = {"instance": instance.item()}
     if batch.num_prior == 0:
@@ -129,6 +142,7 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     opt = make_optimizer(trainable, cfg.lr, cfg.weight_decay)
     params = list(trainable.params.values())
+    as_base = trainable.as_base if cfg.prior_target == "base" else None
     start, cpu, good_step = 0, 0.0, None
     ckpt = run.load_checkpoint() if cfg.resume else None
     if ckpt:
@@ -154,7 +168,8 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
         lr = learning_rate(cfg, step)
         set_lr(opt, lr)
         batch = data.batch(step)
-        loss, parts = denoising_loss(pipe, sched, batch, hash_seed(cfg.seed, "noise", step), cfg.prior_loss_weight)
+        noise_seed = hash_seed(cfg.seed, "noise", step)
+        loss, parts = denoising_loss(pipe, sched, batch, noise_seed, cfg.prior_loss_weight, as_base)
         try:
             check_finite(loss, step)
         except UserError as e:

@@ -128,11 +128,14 @@ def test_benchmark_writes_the_readme_table(tiny_sd_dir, tiny_clip, tmp_path, mon
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{MARK_START}\nto be measured\n{MARK_END}\n\nrest\n")
     results = run_benchmark(model=str(tiny_sd_dir), out=str(tmp_path / "bench"), methods=["lora"], n=2,
-                            readme=str(readme), steps=2, num_class_images=1, db=str(tmp_path / "r.db"),
+                            n_ordinary=3, readme=str(readme), steps=2, num_class_images=1, db=str(tmp_path / "r.db"),
                             extractor=f"judge:{tiny_clip.dir}", sample_steps=2)  # fmt: skip
     assert set(results["runs"]) == {"lora-prior", "lora"}
     r = results["runs"]["lora-prior"]
     assert r["presence"]["n"] == 2 and r["background"]["n"] == 5 and set(r["ordinary"]) == {"class_word", "others"}
+    assert r["ordinary"]["others"]["n"] == 3 and len(r["ordinary"]["others"]["correct"]) == 3
+    drop = r["ordinary_drop"]["class_word"]
+    assert drop["n"] == 3 and drop["ci95"][0] <= drop["value"] <= drop["ci95"][1]
     assert set(r["subject_metrics"]["after"]) == {"clip_i", "clip_t", "dino"}
     text = readme.read_text()
     assert "to be measured" not in text and "DreamBooth LoRA, prior preservation (2 steps)" in text
@@ -162,3 +165,20 @@ def test_dino_stand_in_reads_the_zoo_judges_resnet_tower():
     assert SubjectScorer(images[:1], "judge", "judge-tower").score(images[:1], ["a square"])["dino"][
         0
     ] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_paired_drop_interval_matches_scipy():
+    from scipy import stats
+
+    from personalize.benchmark import paired_drop
+
+    rng = np.random.default_rng(0)
+    before = rng.random(200) < 0.7
+    after = before & (rng.random(200) < 0.9)  # loses about 7 points, never gains
+    d = paired_drop(before.astype(int).tolist(), after.astype(int).tolist())
+    diff = before.astype(float) - after
+    half = 1.96 * stats.sem(diff)
+    assert d["value"] == pytest.approx(diff.mean(), abs=1e-4) and d["n"] == 200
+    assert d["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half], abs=1e-4)
+    with pytest.raises(ValueError):
+        paired_drop([1, 0], [1])

@@ -251,3 +251,46 @@ def test_ti_initializer_phrase_starts_one_vector_per_piece(tiny_sd_dir):
     torch.testing.assert_close(pipe.text_encoder.get_input_embeddings().weight[ids], table[pieces])
     _, init = add_tokens(pipe, "<b>", 2, "red circle")  # otherwise: the pieces' mean in every vector
     torch.testing.assert_close(init, table[pieces].mean(0).repeat(2, 1))
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth"])
+def test_base_prior_target_is_the_untrained_model_however_the_weights_move(tiny_sd_dir, tmp_path, method):
+    from personalize import dreambooth, dreambooth_lora
+    from personalize.base import load_base
+
+    cfg = config(tiny_sd_dir, tmp_path, method, prior_preservation=True, train_text_encoder=True).resolved()
+    base = load_base(cfg.model, cfg.sample_steps, cfg.guidance)
+    trainable = {"lora": dreambooth_lora, "dreambooth": dreambooth}[method].setup(cfg, base)
+    pipe, reference = base.pipe, load_base(cfg.model, cfg.sample_steps, cfg.guidance).pipe
+    z, t, prompts = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500]), [
+        "a photo of a square", "a red circle"]  # fmt: skip
+
+    def predict(p):
+        with torch.no_grad():
+            return p.unet(z, t, encoder_hidden_states=training.encode_prompts(p, prompts)).sample
+
+    want = predict(reference)
+    with torch.no_grad():
+        for p in trainable.params.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    moved = predict(pipe)
+    assert (moved - want).abs().max() > 1e-3  # the weights did move the model (UNet and text encoder)
+    with trainable.as_base():
+        torch.testing.assert_close(predict(pipe), want)
+    torch.testing.assert_close(predict(pipe), moved)  # and the trained model is back afterwards
+    assert all(p.requires_grad for p in trainable.params.values())
+
+
+def test_prior_target_base_starts_at_zero_for_lora_and_images_does_not(tiny_sd_dir, tmp_path):
+    first = {}
+    for target in ("base", "images"):
+        cfg = config(tiny_sd_dir, tmp_path, "lora", target, steps=1, validation_every=0, prior_preservation=True,
+                     prior_target=target)  # fmt: skip
+        train(cfg)
+        rows = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+        first[target] = next(r for r in rows if r.get("step") == 1)
+    assert first["base"]["prior"] == 0.0  # LoRA's B starts at zero: the model is still the base model
+    assert first["images"]["prior"] > 0.01
+    assert first["base"]["instance"] == first["images"]["instance"]
+    with pytest.raises(UserError, match="prior_target must be one of base, images"):
+        config(tiny_sd_dir, tmp_path, "lora", prior_target="teacher").resolved()
