@@ -116,8 +116,8 @@ def paired_drop(before: list[int], after: list[int]) -> dict[str, Any]:
         raise ValueError("paired_drop needs two verdict lists of the same, non-zero length")
     d = np.asarray(before, dtype=float) - np.asarray(after, dtype=float)
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return {"value": round(float(d.mean()), 4), "ci95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)],
-            "n": len(d)}  # fmt: skip
+    mean = float(d.mean())
+    return {"value": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": len(d)}
 
 
 def run_benchmark(
@@ -149,8 +149,9 @@ def _run_benchmark(model, subject, out, methods, n, n_ordinary, readme, steps, n
     root.mkdir(parents=True, exist_ok=True)
     ordinary = ordinary_prompts(subj.class_word, n_ordinary)
     prior_file = write_prior_prompts(root / "prior-prompts.txt")
-    results: dict[str, Any] = {"model": model, "model_fingerprint": base.fingerprint, "subject": subject, "n": n, "n_ordinary": n_ordinary,
-                               "sample_steps": base.sample_steps, "guidance": base.guidance, "runs": {}}  # fmt: skip
+    results: dict[str, Any] = {"model": model, "model_fingerprint": base.fingerprint, "subject": subject, "n": n,
+                               "n_ordinary": n_ordinary, "sample_steps": base.sample_steps, "guidance": base.guidance,
+                               "runs": {}}  # fmt: skip
     results["base"] = subject_figures(base, subj, n, "a " + subj.class_word) | {
         "ordinary": ordinary_figures(base, ordinary)
     }
@@ -217,7 +218,8 @@ def format_table(results: dict[str, Any]) -> str:
     """The acceptance table: one row per variant, the base model first."""
     base = results["base"]
     head = ("| variant | train time | presence (\"a photo of <s*>\") | background correct | outline | "
-            "ordinary prompts, class word / others (drop, 95 % CI) | CLIP-I before → after | CLIP-T | DINO-style |")  # fmt: skip
+            "ordinary prompts, class word / others (drop, 95 % CI) | CLIP-I before → after | CLIP-T | "
+            "DINO-style |")  # fmt: skip
     rows = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     bo = base["ordinary"]
     rows.append(f"| base model, class word (\"a photo of a {get_subject(results['subject']).class_word}\") | – | "
@@ -232,9 +234,10 @@ def format_table(results: dict[str, Any]) -> str:
                     f"({_drop(d['class_word'])} / {_drop(d['others'])}) | {metric('clip_i')} | {metric('clip_t')} | "
                     f"{metric('dino')} |")  # fmt: skip
     note = (f"\nMeasured on `{results['model']}` (fingerprint {results['model_fingerprint']}), subject "
-            f"`{results['subject']}`, n = {results['n']} images per subject figure and {results.get('n_ordinary', results['n'])} "
-            f"per ordinary-prompt set, {results['sample_steps']} sampling steps, "
-            f"guidance {results['guidance']}. Drop = base accuracy minus personalized accuracy on the same prompts and seeds.")  # fmt: skip
+            f"`{results['subject']}`, n = {results['n']} images per subject figure and "
+            f"{results.get('n_ordinary', results['n'])} per ordinary-prompt set, {results['sample_steps']} sampling "
+            f"steps, guidance {results['guidance']}. Drop = base accuracy minus personalized accuracy on the same "
+            "prompts and seeds.")  # fmt: skip
     return "\n".join(rows) + "\n" + note
 
 

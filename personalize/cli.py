@@ -59,9 +59,9 @@ def _benchmark(args: argparse.Namespace) -> None:
     from .benchmark import run_benchmark
 
     run_benchmark(
-        model=args.model, subject=args.subject, out=args.out, methods=args.methods, n=args.n, n_ordinary=args.n_ordinary, readme=args.readme,
-        steps=args.steps, num_class_images=args.num_class_images, db=None if args.no_db else args.db,
-        extractor=args.extractor, dino=args.dino, sample_steps=args.sample_steps,
+        model=args.model, subject=args.subject, out=args.out, methods=args.methods, n=args.n,
+        n_ordinary=args.n_ordinary, readme=args.readme, steps=args.steps, num_class_images=args.num_class_images,
+        db=None if args.no_db else args.db, extractor=args.extractor, dino=args.dino, sample_steps=args.sample_steps,
     )  # fmt: skip
 
 
