@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from evalkit.utils import atomic_write_text
@@ -44,7 +44,7 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
         return [out / "model_index.json"]
 
-    as_base = nullcontext
+    as_base = None
     if cfg.prior_preservation and cfg.prior_target == "base":
         frozen = {name: copy.deepcopy(getattr(pipe, name)).requires_grad_(False).eval()
                   for name in ("unet", "text_encoder")[: 1 + bool(cfg.train_text_encoder)]}  # fmt: skip

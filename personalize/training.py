@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class Trainable:
     params: dict[str, torch.nn.Parameter]
     save_weights: Callable[[Path], list[Path]]
     no_decay: tuple[str, ...] = ()  # name fragments kept out of weight decay (besides biases and norms)
-    as_base: Callable[[], AbstractContextManager] = nullcontext
+    as_base: Callable[[], AbstractContextManager] | None = None  # methods without prior preservation have none
 
 
 @dataclass
@@ -142,7 +142,10 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     opt = make_optimizer(trainable, cfg.lr, cfg.weight_decay)
     params = list(trainable.params.values())
-    as_base = trainable.as_base if cfg.prior_target == "base" else None
+    base_target = cfg.prior_preservation and cfg.prior_target == "base"
+    as_base = trainable.as_base if base_target else None
+    if base_target and as_base is None:
+        raise ValueError(f"{cfg.method} offers no base-model context for prior_target='base'")
     start, cpu, good_step = 0, 0.0, None
     ckpt = run.load_checkpoint() if cfg.resume else None
     if ckpt:
