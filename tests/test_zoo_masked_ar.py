@@ -320,3 +320,33 @@ def test_token_cache_holds_what_rendering_gives(text_dir, tmp_path):
     tokens, _, _, weights = masked.token_batch(1, cfg, vqm, tok, te, cache)  # step 1 crosses into epoch 2
     rows = cache_rows(1, 6, 4, cfg["seed"])
     assert torch.equal(tokens, fresh_tokens[rows]) and torch.equal(weights, 1 + 4.0 * fresh_mask[rows].float())
+
+
+def test_bf16_precision_runs_the_losses_in_bfloat16_close_to_fp32(text_dir):
+    """``precision: bf16`` (the recipes' setting) autocasts the matrix products: the losses move off their
+    float32 values, but by less than bfloat16's rounding would allow to matter; a typo is refused."""
+    from evalkit.zoo.common import autocast
+
+    torch.manual_seed(0)
+    vqm = vq.build_vq(TINY_VQ).eval()
+    tok, te = masked.load_text(text_dir)
+    cfg = _cfg("masked", TINY_MASKED)
+    tokens, pooled, hidden, weights = masked.token_batch(0, cfg, vqm, tok, te)
+    ar = autoregressive.build_transformer(TINY_AR, vqm, te)
+    uvit = masked.build_transformer(TINY_MASKED, vqm, te)
+    for precision in ("fp32", "bf16"):
+        with autocast({"precision": precision}):
+            assert ar.head(hidden.new_zeros(1, 32)).dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        with autocast({"precision": precision}):
+            gen = torch.Generator().manual_seed(1)
+            losses[precision] = (autoregressive.next_token_loss(ar, tokens, pooled, hidden, weights),
+                                 masked.masked_loss(uvit, tokens, pooled, hidden, gen, 32, weights))  # fmt: skip
+    for fp32, bf16 in zip(*losses.values()):
+        assert fp32.dtype == bf16.dtype == torch.float32
+        assert fp32 != bf16
+        torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)
+    assert load_config("masked")["precision"] == load_config("autoregressive")["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        autocast({"precision": "fp16"})

@@ -20,6 +20,7 @@ from .common import (
     EMA,
     TrainLog,
     adamw,
+    autocast,
     check_finite,
     cosine_lr,
     dirs,
@@ -94,7 +95,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
-        loss = next_token_loss(transformer, tokens, pooled, hidden, weights)
+        with autocast(cfg):
+            loss = next_token_loss(transformer, tokens, pooled, hidden, weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

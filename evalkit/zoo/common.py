@@ -232,6 +232,19 @@ def write_meta(out: Path, meta: dict[str, Any]) -> None:
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(cfg: dict[str, Any]) -> torch.autocast:
+    """The forward pass's precision from the recipe's ``precision``: ``bf16`` runs matrix products in
+    bfloat16 (weights, optimizer state and losses stay float32), about twice as fast on CPUs with
+    AVX512-BF16 or AMX; ``fp32`` (the default) everywhere else."""
+    precision = cfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept")

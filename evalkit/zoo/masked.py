@@ -32,6 +32,7 @@ from .common import (
     EMA,
     TrainLog,
     adamw,
+    autocast,
     batch_samples,
     cache_rows,
     cached_tensors,
@@ -251,7 +252,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
         gen = step_generator(cfg["seed"], step)
-        loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
+        with autocast(cfg):
+            loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
