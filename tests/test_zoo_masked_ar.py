@@ -350,3 +350,14 @@ def test_bf16_precision_runs_the_losses_in_bfloat16_close_to_fp32(text_dir):
     assert load_config("masked")["precision"] == load_config("autoregressive")["precision"] == "bf16"
     with pytest.raises(UserError, match="precision must be one of fp32, bf16, got 'fp16'"):
         autocast({"precision": "fp16"})
+
+
+def test_autoregressive_nfe_is_predicted_and_measured_per_token(ar_run):
+    from evalkit.generators import load
+
+    gen = load(f"dir:{ar_run[0] / 'out'}")
+    assert gen.family == "autoregressive"
+    for guidance, expected in ((2.0, 2 * 64), (1.0, 64)):
+        assert gen.nfe(guidance=guidance) == expected
+        out = gen.generate(["a red circle", "a star"], [0, 1], guidance=guidance)
+        assert out.nfe == [expected, expected]

@@ -202,6 +202,11 @@ class ARPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vqvae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False)
 
+    def evalkit_nfe(self, params: dict) -> int:
+        """Network evaluations per image that ``evalkit.generators`` predicts: one per token, twice with guidance."""
+        tokens = self.transformer.config.sample_size**2
+        return tokens * (2 if float(params.get("guidance", 3.0)) > 1.0 else 1)
+
     def check_inputs(self, prompt, num_images_per_prompt, guidance_scale, temperature, top_k, generator, output_type):
         if not (isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
             raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt)}")
