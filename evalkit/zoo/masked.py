@@ -227,6 +227,7 @@ def make_pipeline(vq, tokenizer, text_encoder, transformer) -> AmusedPipeline:
 
 def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
     out, work = dirs("masked", out_dir, work_dir)
+    precision = autocast(cfg)  # a bad value stops the run before anything loads
     vq = load_vq(resolve(cfg.get("vq_dir"), "vq"))
     vq.requires_grad_(False)
     tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
@@ -252,7 +253,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
         gen = step_generator(cfg["seed"], step)
-        with autocast(cfg):
+        with precision:
             loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
