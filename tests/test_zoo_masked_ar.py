@@ -170,8 +170,12 @@ def test_masked_resume_after_nan_equals_uninterrupted(masked_run, tmp_path, monk
 
 
 def test_masked_export_is_an_amused_pipeline_loaded_in_a_fresh_process(masked_run):
-    root, _ = masked_run
+    root, cfg = masked_run
     out = root / "out"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"] == "AmusedPipeline" and "loader" not in meta  # diffusers' own loader
+    assert (meta["steps"], meta["config"]) == (cfg["steps"], cfg)
+    assert meta["generate"] == {"steps": 2, "guidance": 2.0}  # the recipe's eval sampling, recommended
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "AmusedPipeline"
     assert index["transformer"] == ["diffusers", "UVit2DModel"]
@@ -222,6 +226,9 @@ def test_autoregressive_resume_after_nan_equals_uninterrupted(ar_run, tmp_path, 
 def test_autoregressive_kv_cache_gives_the_same_images(ar_run):
     from evalkit.zoo.ar_pipeline import ARPipeline
 
+    meta = json.loads((ar_run[0] / "out" / "meta.json").read_text())
+    assert (meta["model"], meta["loader"]) == ("ARPipeline", "evalkit.zoo.ar_pipeline.ARPipeline.from_pretrained")
+    assert meta["steps"] == ar_run[1]["steps"] and meta["oracle_test"]["n"] == 2
     pipe = ARPipeline.from_pretrained(str(ar_run[0] / "out"))
     pipe.set_progress_bar_config(disable=True)
 

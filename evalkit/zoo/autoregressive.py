@@ -14,27 +14,10 @@ import torch.nn.functional as F
 from transformers import CLIPTextModelWithProjection
 
 from ..errors import UserError
-from ..utils import progress
 from .ar_pipeline import ARPipeline, ARTransformer
-from .common import (
-    EMA,
-    TrainLog,
-    adamw,
-    autocast,
-    check_finite,
-    cosine_lr,
-    dirs,
-    fingerprint,
-    generate_params,
-    load_checkpoint,
-    load_config,
-    resolve,
-    save_checkpoint,
-    set_lr,
-    write_meta,
-)
-from .masked import count_params, generated_oracle_figures, load_text, token_batch, token_cache
-from .vq import VQModel, load_vq
+from .common import dirs, load_config
+from .masked import TokenTraining, generated_oracle_figures, train_on_tokens
+from .vq import VQModel
 
 
 def build_transformer(
@@ -69,67 +52,19 @@ def next_token_loss(
     return (ce * w).sum() / w.sum()
 
 
+def _step_loss(transformer, tokens, pooled, hidden, weights, step: int, cfg: dict[str, Any]) -> torch.Tensor:
+    return next_token_loss(transformer, tokens, pooled, hidden, weights)
+
+
+AUTOREGRESSIVE = TokenTraining(
+    name="autoregressive", model_class="ARPipeline", build=build_transformer, loss=_step_loss, pipeline=ARPipeline,
+    betas=(0.9, 0.95), no_decay=("embed", "text_pos"),
+    meta={"loader": "evalkit.zoo.ar_pipeline.ARPipeline.from_pretrained"},
+)  # fmt: skip
+
+
 def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
-    out, work = dirs("autoregressive", out_dir, work_dir)
-    precision = autocast(cfg)  # a bad value stops the run before anything loads
-    vq = load_vq(resolve(cfg.get("vq_dir"), "vq"))
-    vq.requires_grad_(False)
-    tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
-    torch.manual_seed(cfg["seed"])
-    transformer = build_transformer(cfg["model"], vq, text_encoder)
-    ema = EMA(transformer, cfg["ema_decay"])
-    opt = adamw(transformer, cfg, betas=(0.9, 0.95), no_decay=("embed", "text_pos"))
-    start, cpu = 0, 0.0
-    ckpt = load_checkpoint(work) if resume else None
-    if ckpt:
-        transformer.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, cpu = ckpt["step"], ckpt["cpu_s"]
-        print(f"resumed at step {start}")
-    log = TrainLog(work, cpu)
-    cache = token_cache(cfg, vq, work, fingerprint(resolve(cfg.get("vq_dir"), "vq"))) if cfg.get("cache_size") else None
-    steps = cfg["steps"]
-    transformer.train()
-    for step in progress(range(start, steps), desc="autoregressive", total=steps - start):
-        lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
-        set_lr(opt, lr)
-        torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
-        tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
-        with precision:
-            loss = next_token_loss(transformer, tokens, pooled, hidden, weights)
-        check_finite(loss, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        ema.update(transformer, step)
-        done = step + 1
-        if done % cfg["log_every"] == 0:
-            log.write(step=done, loss=round(loss.item(), 4), lr=lr)
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
-            save_checkpoint(work, {"model": transformer.state_dict(), "ema": ema.state_dict(),
-                                   "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
-                                   "config": cfg})  # fmt: skip
-        if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = ARPipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
-            figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **cfg.get("eval_sampling", {}))
-            log.write(step=done, eval=figs)
-            print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)
-    transformer.load_state_dict(ema.state_dict())
-    transformer.eval()
-    pipe = ARPipeline(vqvae=vq, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer)
-    pipe.save_pretrained(str(out))
-    sampling = cfg.get("eval_sampling", {})
-    figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **sampling)
-    write_meta(out, {"model": "ARPipeline", "loader": "evalkit.zoo.ar_pipeline.ARPipeline.from_pretrained",
-                     "transformer_params": count_params(transformer),
-                     "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
-                     "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
-                     "generate": generate_params(cfg.get("eval_sampling", {})), "oracle_test": figs,
-                     "config": cfg})  # fmt: skip
-    log.write(step=steps, final_eval=figs)
-    print(f"autoregressive generator exported to {out}: {figs}")
+    train_on_tokens(AUTOREGRESSIVE, cfg, resume, out_dir, work_dir)
 
 
 def evaluate_cli(args) -> None:

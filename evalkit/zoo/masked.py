@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,16 +226,34 @@ def make_pipeline(vq, tokenizer, text_encoder, transformer) -> AmusedPipeline:
     )
 
 
-def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
-    out, work = dirs("masked", out_dir, work_dir)
+@dataclass(frozen=True)
+class TokenTraining:
+    """What differs between the two generators trained on the VQ tokens (masked and autoregressive);
+    ``train_on_tokens`` runs the rest, the same loop for both."""
+
+    name: str  # default folders, progress bar and messages
+    model_class: str  # meta.json's "model"
+    build: Callable[[dict[str, Any], VQModel, CLIPTextModelWithProjection], torch.nn.Module]
+    loss: Callable[..., torch.Tensor]  # (transformer, tokens, pooled, hidden, weights, step, cfg) -> loss
+    pipeline: Callable[..., Any]  # (vq, tokenizer, text_encoder, transformer) -> the pipeline to save
+    betas: tuple[float, float]
+    no_decay: tuple[str, ...] = ("embed",)
+    meta: dict[str, Any] = field(default_factory=dict)  # more meta.json entries (e.g. a custom loader)
+
+
+def train_on_tokens(
+    kind: TokenTraining, cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
+    work_dir: str | None = None,
+) -> None:  # fmt: skip
+    out, work = dirs(kind.name, out_dir, work_dir)
     precision = autocast(cfg)  # a bad value stops the run before anything loads
     vq = load_vq(resolve(cfg.get("vq_dir"), "vq"))
     vq.requires_grad_(False)
     tokenizer, text_encoder = load_text(resolve(cfg.get("text_encoder_dir"), "text-encoder"))
     torch.manual_seed(cfg["seed"])
-    transformer = build_transformer(cfg["model"], vq, text_encoder)
+    transformer = kind.build(cfg["model"], vq, text_encoder)
     ema = EMA(transformer, cfg["ema_decay"])
-    opt = adamw(transformer, cfg, betas=(0.9, 0.99))
+    opt = adamw(transformer, cfg, betas=kind.betas, no_decay=kind.no_decay)
     start, cpu = 0, 0.0
     ckpt = load_checkpoint(work) if resume else None
     if ckpt:
@@ -246,15 +265,15 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
     log = TrainLog(work, cpu)
     cache = token_cache(cfg, vq, work, fingerprint(resolve(cfg.get("vq_dir"), "vq"))) if cfg.get("cache_size") else None
     steps = cfg["steps"]
+    sampling = cfg.get("eval_sampling", {})
     transformer.train()
-    for step in progress(range(start, steps), desc="masked", total=steps - start):
+    for step in progress(range(start, steps), desc=kind.name, total=steps - start):
         lr = cosine_lr(step, steps, cfg["lr"], cfg["warmup"])
         set_lr(opt, lr)
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout, if any, is a function of the step too
         tokens, pooled, hidden, weights = token_batch(step, cfg, vq, tokenizer, text_encoder, cache)
-        gen = step_generator(cfg["seed"], step)
         with precision:
-            loss = masked_loss(transformer, tokens, pooled, hidden, gen, cfg["image_size"], weights)
+            loss = kind.loss(transformer, tokens, pooled, hidden, weights, step, cfg)
         check_finite(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,22 +288,37 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = make_pipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
-            figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **cfg.get("eval_sampling", {}))
+            pipe = kind.pipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
+            figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **sampling)
             log.write(step=done, eval=figs)
             print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)
     transformer.load_state_dict(ema.state_dict())
     transformer.eval()
-    pipe = make_pipeline(vq, tokenizer, text_encoder, transformer)
+    pipe = kind.pipeline(vq, tokenizer, text_encoder, transformer)
     pipe.save_pretrained(str(out))
-    figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **cfg.get("eval_sampling", {}))
-    write_meta(out, {"model": "AmusedPipeline", "transformer_params": count_params(transformer),
+    figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **sampling)
+    write_meta(out, {"model": kind.model_class, **kind.meta, "transformer_params": count_params(transformer),
                      "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
                      "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
-                     "generate": generate_params(cfg.get("eval_sampling", {})), "oracle_test": figs,
-                     "config": cfg})  # fmt: skip
+                     "generate": generate_params(sampling), "oracle_test": figs, "config": cfg})  # fmt: skip
     log.write(step=steps, final_eval=figs)
-    print(f"masked generator exported to {out}: {figs}")
+    print(f"{kind.name} generator exported to {out}: {figs}")
+
+
+def _masked_step_loss(transformer, tokens, pooled, hidden, weights, step: int, cfg: dict[str, Any]) -> torch.Tensor:
+    return masked_loss(
+        transformer, tokens, pooled, hidden, step_generator(cfg["seed"], step), cfg["image_size"], weights
+    )
+
+
+MASKED = TokenTraining(
+    name="masked", model_class="AmusedPipeline", build=build_transformer, loss=_masked_step_loss,
+    pipeline=make_pipeline, betas=(0.9, 0.99),
+)  # fmt: skip
+
+
+def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None, work_dir: str | None = None) -> None:
+    train_on_tokens(MASKED, cfg, resume, out_dir, work_dir)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
