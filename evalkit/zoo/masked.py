@@ -7,8 +7,9 @@ encoder and the VQ model are frozen; a caption is replaced by the empty prompt w
 ``caption_dropout``, which is what the pipeline's classifier-free guidance uses as its negative.
 Sampling is ``AmusedPipeline``'s own: ``num_inference_steps`` is the N-step knob (1..16).
 
-The helpers for token data and text (``encode_text``, ``token_batch``) are shared with
-the autoregressive generator, which is trained on the same tokens and the same text encoder.
+The helpers for token data and text (``encode_text``, ``token_batch``) and the training loop
+(``train_on_tokens``) are shared with the autoregressive generator, which is trained on the same tokens
+and the same text encoder.
 """
 
 from __future__ import annotations
