@@ -57,7 +57,7 @@ def _step_loss(transformer, tokens, pooled, hidden, weights, step: int, cfg: dic
 
 
 AUTOREGRESSIVE = TokenTraining(
-    name="autoregressive", model_class="ARPipeline", build=build_transformer, loss=_step_loss, pipeline=ARPipeline,
+    name="autoregressive", build=build_transformer, loss=_step_loss, pipeline=ARPipeline,
     betas=(0.9, 0.95), no_decay=("embed", "text_pos"),
     meta={"loader": "evalkit.zoo.ar_pipeline.ARPipeline.from_pretrained"},
 )  # fmt: skip

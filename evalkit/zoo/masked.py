@@ -233,7 +233,6 @@ class TokenTraining:
     ``train_on_tokens`` runs the rest, the same loop for both."""
 
     name: str  # default folders, progress bar and messages
-    model_class: str  # meta.json's "model"
     build: Callable[[dict[str, Any], VQModel, CLIPTextModelWithProjection], torch.nn.Module]
     loss: Callable[..., torch.Tensor]  # (transformer, tokens, pooled, hidden, weights, step, cfg) -> loss
     pipeline: Callable[..., Any]  # (vq, tokenizer, text_encoder, transformer) -> the pipeline to save
@@ -298,7 +297,7 @@ def train_on_tokens(
     pipe = kind.pipeline(vq, tokenizer, text_encoder, transformer)
     pipe.save_pretrained(str(out))
     figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **sampling)
-    write_meta(out, {"model": kind.model_class, **kind.meta, "transformer_params": count_params(transformer),
+    write_meta(out, {"model": type(pipe).__name__, **kind.meta, "transformer_params": count_params(transformer),
                      "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
                      "steps": steps, "batch_size": cfg["batch_size"], "cpu_seconds": round(log.cpu_seconds()),
                      "generate": generate_params(sampling), "oracle_test": figs, "config": cfg})  # fmt: skip
@@ -313,8 +312,7 @@ def _masked_step_loss(transformer, tokens, pooled, hidden, weights, step: int, c
 
 
 MASKED = TokenTraining(
-    name="masked", model_class="AmusedPipeline", build=build_transformer, loss=_masked_step_loss,
-    pipeline=make_pipeline, betas=(0.9, 0.99),
+    name="masked", build=build_transformer, loss=_masked_step_loss, pipeline=make_pipeline, betas=(0.9, 0.99),
 )  # fmt: skip
 
 
