@@ -261,6 +261,14 @@ def test_batches_are_a_function_of_the_step(text_encoder_dir):
     assert all(c != n for c, n in zip(caps1, neg1))
 
 
+def test_category_mix_may_change_at_a_step(text_encoder_dir):
+    mix = {0: {"background": 1.0}, 5: {"counting": 1.0}}
+    cfg = tiny_config(text_encoder_dir, batch_size=8, describe_prob=0.0, categories=mix)
+    early, late = gan.make_batch(4, cfg)[1], gan.make_batch(5, cfg)[1]
+    assert early == gan.make_batch(4, dict(cfg, categories=mix[0]))[1]
+    assert late == gan.make_batch(5, dict(cfg, categories=mix[5]))[1] != early
+
+
 def test_translation_keeps_flat_backgrounds_and_moves_content():
     flat = torch.full((2, 3, 16, 16), 0.3)
     gen = torch.Generator().manual_seed(0)

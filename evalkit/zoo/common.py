@@ -53,6 +53,14 @@ def dirs(name: str, out_dir: str | None, work_dir: str | None) -> tuple[Path, Pa
     return out, work
 
 
+def at_step(value: Any, step: int) -> Any:
+    """A config value that may change during training: a mapping ``{from_step: value}`` (integer keys) gives
+    the value in force at ``step``; any other value holds throughout."""
+    if isinstance(value, dict) and value and all(isinstance(k, int) for k in value):
+        return value[max((k for k in value if k <= step), default=min(value))]
+    return value
+
+
 def batch_samples(
     step: int, batch_size: int, seed: int, split: str = "train", categories: dict[str, float] | None = None
 ) -> list[Sample]:

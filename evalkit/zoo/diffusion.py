@@ -39,6 +39,7 @@ from . import ZOO_DIR
 from .common import (
     EMA,
     TrainLog,
+    at_step,
     cache_rows,
     cached_tensors,
     check_finite,
@@ -193,9 +194,7 @@ def batch_indices(step: int, cfg: dict[str, Any], one_object_rows: torch.Tensor 
     ``{from_step: share}`` changes the share during training (multi-object scenes once one object is drawn).
     """
     n, b = cfg["cache_size"], cfg["batch_size"]
-    share = cfg.get("one_object_share")
-    if isinstance(share, dict):
-        share = share[max((k for k in share if int(k) <= step), key=int)]
+    share = at_step(cfg.get("one_object_share"), step)
     multi_rows = _complement(one_object_rows, n) if share and one_object_rows is not None else []
     if len(multi_rows) and len(one_object_rows):
         g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)

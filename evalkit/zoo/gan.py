@@ -35,6 +35,7 @@ from . import ZOO_DIR
 from .common import (
     EMA,
     TrainLog,
+    at_step,
     batch_samples,
     check_finite,
     cosine_lr,
@@ -70,7 +71,7 @@ def load_text_encoder(path: str | Path | None = None):
 
 def make_batch(step: int, cfg: dict[str, Any]) -> tuple[torch.Tensor, list[str], list[str]]:
     """(real images in [-1, 1], captions, mismatched captions) for ``step``."""
-    samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=cfg.get("categories"))
+    samples = batch_samples(step, cfg["batch_size"], cfg["seed"], categories=at_step(cfg.get("categories"), step))
     rng = step_rng(cfg["seed"], step, "captions")
     captions, negatives = [], []
     for s in samples:
