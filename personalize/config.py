@@ -67,6 +67,7 @@ class TrainConfig:
     prior_prompts: str | None = None  # file: more prompts for class images, one per line
     prior_loss_weight: float = 1.0
     prior_target: str = "base"  # base | images: what the class rows learn (see _HELP)
+    prior_subject_share: float | None = None  # default 0.5 with prior_target "base", else 0 (see _HELP)
     train_text_encoder: bool | None = None  # default per method (METHOD_DEFAULTS)
     rank: int = 8  # LoRA
     lora_alpha: float | None = None  # default: rank
@@ -94,6 +95,8 @@ class TrainConfig:
             cfg.lora_alpha = float(cfg.rank)
         if cfg.initializer is None:
             cfg.initializer = cfg.class_word or "object"
+        if cfg.prior_subject_share is None:
+            cfg.prior_subject_share = 0.5 if cfg.prior_preservation and cfg.prior_target == "base" else 0.0
         if cfg.class_prompt is None and cfg.class_word:
             cfg.class_prompt = "a photo of " + article(cfg.class_word)
         return cfg
@@ -148,8 +151,18 @@ class TrainConfig:
                 raise UserError("prior preservation needs --num-class-images of at least 1")
             if self.prior_prompts is not None:
                 read_prior_prompts(self.prior_prompts)  # a missing or empty file fails here, before any model loads
-        elif self.prior_prompts is not None:
-            raise UserError("--prior-prompts needs --prior-preservation")
+            if self.prior_subject_share and self.prior_target != "base":
+                raise UserError(
+                    "--prior-subject-share needs --prior-target base: against the images' own target, "
+                    "class prompts on the subject's images would teach the class to draw the subject"
+                )
+        elif self.prior_prompts is not None or self.prior_subject_share:
+            raise UserError(
+                f"--{'prior-prompts' if self.prior_prompts is not None else 'prior-subject-share'} "
+                "needs --prior-preservation"
+            )
+        if self.prior_subject_share is not None and not 0.0 <= self.prior_subject_share <= 1.0:
+            raise UserError(f"prior_subject_share must be in [0, 1], got {self.prior_subject_share}")
         if self.train_text_encoder and self.method == "ti":
             raise UserError("--train-text-encoder is for DreamBooth; textual inversion trains only the new embedding")
         if not self.validation_prompts:
@@ -166,7 +179,8 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**({"prior_target": "images"} | d))  # runs written before prior_target learned the images
+        # runs written before prior_target (which then learned the images) or prior_subject_share existed
+        return cls(**({"prior_target": "images", "prior_subject_share": 0.0} | d))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -233,6 +247,9 @@ _HELP = {
     "prior_target": "what the class rows learn: 'base', the base model's own prediction on the same noisy class "
     "latents (a distillation prior: far less variance, so less drift for as much of the subject), or 'images', "
     "the class images' noise or velocity as in diffusers' train_dreambooth.py",
+    "prior_subject_share": "share of the class rows that show the subject's own images, still with the class and "
+    "prior prompts and the base model's prediction as target: the prior then also holds ordinary prompts where the "
+    "subject's shapes are, which cuts drift (needs --prior-target base; default 0.5 with it, else 0)",
     "rank": "LoRA rank",
     "lora_alpha": "LoRA alpha (default: the rank)",
     "lora_targets": "UNet layers with LoRA adapters: attention projections only (diffusers' example), or also the "

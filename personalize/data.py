@@ -7,6 +7,7 @@ permutation and picks one caption or template per image, also seeded.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 from dataclasses import dataclass
@@ -113,20 +114,28 @@ class TrainingData:
 
     def __init__(self, vae, subject: list[SubjectImage], prompts: list[list[str]], size: int, batch_size: int,
                  seed: int, flip_p: float = 0.0, class_images: list[Image.Image] | None = None,
-                 class_prompts: list[str] | None = None):  # fmt: skip
-        """``class_prompts``: the prompt of each class image."""
+                 class_prompts: list[str] | None = None, subject_share: float = 0.0):  # fmt: skip
+        """``class_prompts``: the prompt of each class image. ``subject_share``: the share of the class rows whose
+        latents are drawn from the subject's images instead (their prompts stay class prompts)."""
         self.batch_size = batch_size
         self.instance = ImageSet(vae, [fit_square(s.image, size) for s in subject], prompts, seed, "instance", flip_p)
         self.prior = None
+        self.num_subject_prior = 0
         if class_images:
             images = [fit_square(im, size) for im in class_images]
             self.prior = ImageSet(vae, images, [[p] for p in class_prompts], seed, "class", flip_p)
+            self.num_subject_prior = round(subject_share * batch_size)
+            self.subject_prior = copy.copy(self.instance)  # the same encoded images, drawn by a stream of its own
+            self.subject_prior.salt = "subject-prior"
 
     def batch(self, step: int) -> Batch:
         latents, prompts = self.instance.take(step, self.batch_size)
         if self.prior is None:
             return Batch(latents, prompts, 0)
         prior_latents, prior_prompts = self.prior.take(step, self.batch_size)
+        m = self.num_subject_prior
+        if m:
+            prior_latents[-m:] = self.subject_prior.take(step, m)[0]
         return Batch(torch.cat([latents, prior_latents]), prompts + prior_prompts, self.batch_size)
 
 

@@ -249,9 +249,8 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
     warn_long_prompts(
         base.pipe.tokenizer, [p for ps in prompts for p in ps] + [cfg.fill(p) for p in cfg.validation_prompts]
     )
-    data = TrainingData(
-        base.pipe.vae, subject, prompts, size, cfg.batch_size, cfg.seed, cfg.flip_p, prior, prior_prompts
-    )
+    data = TrainingData(base.pipe.vae, subject, prompts, size, cfg.batch_size, cfg.seed, cfg.flip_p, prior,
+                        prior_prompts, subject_share=cfg.prior_subject_share)  # fmt: skip
     with quiet_diffusers():
         result = fit(cfg, run, base, data, trainable, callback)
     result.info["total_seconds"] = round(time.time() - t_start, 1)  # loading, class images, training, saving

@@ -294,3 +294,41 @@ def test_prior_target_base_starts_at_zero_for_lora_and_images_does_not(tiny_sd_d
     assert first["base"]["instance"] == first["images"]["instance"]
     with pytest.raises(UserError, match="prior_target must be one of base, images"):
         config(tiny_sd_dir, tmp_path, "lora", prior_target="teacher").resolved()
+
+
+def test_prior_subject_share_puts_the_subjects_latents_under_class_prompts(tiny_sd_dir, tmp_path):
+    from personalize.base import load_base
+    from personalize.data import TrainingData
+    from personalize.inputs import load_subject_images
+
+    vae = load_base(str(tiny_sd_dir), 2, 3.0).pipe.vae
+    subject = load_subject_images(HOUSEMARK.folder, "<s*>")
+    prompts = [["<s*> on a gray background"]] * len(subject)
+    classes = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
+    args = (vae, subject, prompts, 32, 4, 0, 0.0, classes, ["a photo of a square"] * 4)
+    plain, mixed = TrainingData(*args).batch(3), TrainingData(*args, subject_share=0.5).batch(3)
+    subject_latents = TrainingData(*args).instance.mean * vae.config.scaling_factor
+    assert mixed.prompts == plain.prompts and mixed.num_prior == plain.num_prior == 4
+    torch.testing.assert_close(mixed.latents[:6], plain.latents[:6])  # the subject rows and two class rows
+    for row in mixed.latents[6:]:  # the last two class rows: a draw from one of the subject's images
+        nearest = (subject_latents - row).flatten(1).norm(dim=1).min()
+        assert nearest < (plain.latents[6:] - row).flatten(1).norm(dim=1).min()
+    torch.testing.assert_close(mixed.latents, TrainingData(*args, subject_share=0.5).batch(3).latents)  # per step
+
+
+def test_prior_subject_share_defaults_with_the_base_target_and_is_checked(tiny_sd_dir, tmp_path):
+    def share(**kw):
+        return config(tiny_sd_dir, tmp_path, "lora", **kw).resolved().prior_subject_share
+
+    assert share(prior_preservation=True) == 0.5
+    assert share(prior_preservation=True, prior_target="images") == share() == 0.0
+    assert share(prior_preservation=True, prior_subject_share=0.25) == 0.25
+    for kw, match in [({"prior_preservation": True, "prior_target": "images", "prior_subject_share": 0.5},
+                       "needs --prior-target base"),
+                      ({"prior_subject_share": 0.5}, "prior-subject-share needs --prior-preservation"),
+                      ({"prior_preservation": True, "prior_subject_share": 1.5}, r"must be in \[0, 1\]")]:  # fmt: skip
+        with pytest.raises(UserError, match=match):
+            share(**kw)
+    old = TrainConfig.from_dict({k: v for k, v in config(tiny_sd_dir, tmp_path, "lora").to_dict().items()
+                                 if k != "prior_subject_share"})  # fmt: skip
+    assert old.prior_subject_share == 0.0  # a run written before the field existed resumes as it was trained
