@@ -317,10 +317,11 @@ def test_prior_subject_share_puts_the_subjects_latents_under_class_prompts(tiny_
 
 
 def test_prior_subject_share_defaults_with_the_base_target_and_is_checked(tiny_sd_dir, tmp_path):
-    def share(**kw):
-        return config(tiny_sd_dir, tmp_path, "lora", **kw).resolved().prior_subject_share
+    def share(method="lora", **kw):
+        return config(tiny_sd_dir, tmp_path, method, **kw).resolved().prior_subject_share
 
     assert share(prior_preservation=True) == 0.5
+    assert share(prior_preservation=True, method="dreambooth") == 0.0  # it cost full DreamBooth the subject
     assert share(prior_preservation=True, prior_target="images") == share() == 0.0
     assert share(prior_preservation=True, prior_subject_share=0.25) == 0.25
     for kw, match in [({"prior_preservation": True, "prior_target": "images", "prior_subject_share": 0.5},
