@@ -33,7 +33,7 @@ LORA_TARGETS = ("attention", "attention+conv")
 PRIOR_TARGETS = ("base", "images")
 # The default share of class rows that show the subject (``prior_subject_share``). On the zoo model (800 steps,
 # n 200 per set) it cut LoRA's drift from 0.11 / 0.125 to 0.085 / 0.05; full DreamBooth found the subject in
-# 0.44 of images with it, against 0.94 without, and drifted no less (0.26 / 0.225 against 0.22 / 0.24).
+# 0.44 of images with it, against 0.94 without, and drifted more (0.26 / 0.225 against 0.20 / 0.215).
 SUBJECT_SHARE = {"lora": 0.5}
 # Fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "validation_every", "resume", "class_cache"})
