@@ -161,11 +161,10 @@ class TrainConfig:
                     "--prior-subject-share needs --prior-target base: against the images' own target, "
                     "class prompts on the subject's images would teach the class to draw the subject"
                 )
-        elif self.prior_prompts is not None or self.prior_subject_share:
-            raise UserError(
-                f"--{'prior-prompts' if self.prior_prompts is not None else 'prior-subject-share'} "
-                "needs --prior-preservation"
-            )
+        elif self.prior_prompts is not None:
+            raise UserError("--prior-prompts needs --prior-preservation")
+        elif self.prior_subject_share:
+            raise UserError("--prior-subject-share needs --prior-preservation")
         if self.prior_subject_share is not None and not 0.0 <= self.prior_subject_share <= 1.0:
             raise UserError(f"prior_subject_share must be in [0, 1], got {self.prior_subject_share}")
         if self.train_text_encoder and self.method == "ti":
