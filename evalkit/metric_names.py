@@ -5,6 +5,10 @@ FEATURE_METRICS: tuple[str, ...] = ("fid", "kid", "cmmd", "pr", "dc", "is", "cli
 """Metrics computed from features. ``"pr"`` yields results ``precision`` and ``recall``; ``"dc"`` yields
 ``density`` and ``coverage``; every other name yields one result under its own name."""
 
+IS_FEATURE = "logits_unbiased"
+"""The feature Inception Score reads: Inception's logits without the fc bias (torch-fidelity's name; torchmetrics
+and the original code use the same), so scores compare with published ones."""
+
 RESULT_NAMES: dict[str, tuple[str, ...]] = {
     "fid": ("fid",), "kid": ("kid",), "cmmd": ("cmmd",), "pr": ("precision", "recall"),
     "dc": ("density", "coverage"), "is": ("is",), "clip": ("clip",),

@@ -34,12 +34,13 @@ from .features import FeatureCache, FeatureExtractor, encode_texts, extract, get
 from .generators import generate_to_folder
 from .generators import load as load_generator
 from .generators.to_folder import merge_shard_manifests
-from .metric_names import FEATURE_METRICS
+from .metric_names import FEATURE_METRICS, IS_FEATURE
 from .metrics import compute_metrics
 from .metrics.bootstrap import bootstrap_ci
 from .recipe import Recipe, load_recipe
 from .report import write_report
 from .results import Result, ResultsDB
+from .score import metric_keys
 from .shapes.oracle import detect
 from .shapes.oracle import evaluate as oracle_evaluate
 from .utils import progress
@@ -108,6 +109,13 @@ def _rows_images(out: Path, rows: list[dict[str, Any]], skipped: SkipCounter) ->
             images.append(img)
             kept.append(row)
     return images, kept
+
+
+def _servable(ext: FeatureExtractor, metrics: list[str]) -> list[str]:
+    """The feature metrics ``ext`` can compute: CLIP score needs a text tower, the Inception Score unbiased logits."""
+    return [
+        m for m in metrics if (m != "clip" or ext.text_dim is not None) and (m != "is" or IS_FEATURE in ext.features)
+    ]
 
 
 def _speed_results(label: str, dataset: str, rows: list[dict[str, Any]]) -> list[Result]:
@@ -199,6 +207,12 @@ def run(
     # models load before anything is written, so a missing one stops the run with nothing half-done
     loaded = loaded_extractors or {}
     extractors = [loaded.get(spec) or get_extractor(spec) for spec in recipe.extractors] if feature_metrics else []
+    served = {m for ext in extractors for m in _servable(ext, feature_metrics)}
+    if missing := [m for m in feature_metrics if m not in served]:
+        raise UserError(
+            f"no extractor in the recipe can compute {', '.join(missing)} (clip needs a CLIP-like extractor, "
+            f"is an Inception one): extractors {', '.join(recipe.extractors)}"
+        )
     for g in recipe.generators:
         load_generator(g.spec)
     out_dir = recipe.out_dir
@@ -257,18 +271,19 @@ def run(
         if "oracle" in recipe.metrics:
             results += _oracle_results(g.label, dataset, dist.gather_lists(_oracle_detections(g.label, images, rows)))
         for ext in extractors:
+            names = _servable(ext, feature_metrics)
             fake = extract(ext, images, cache=cache, desc=f"features {g.label} ({ext.name})")
-            if "clip" in feature_metrics:
+            if "clip" in names:
                 # every process encodes every prompt in the batches one process would use (batched CPU kernels
                 # round by batch make-up), then keeps its own rows
                 texts = encode_texts(ext, [r["prompt"] for r in all_rows], cache=cache)
                 fake["text"] = texts[start : start + len(rows)]
-            names = [m for m in feature_metrics if m != "is" or "logits" in ext.features]
-            scored = compute_metrics(ref_feats.get(ext.id), fake, names, seed=recipe.seed, reference_as_state=world > 1)
+            scored = compute_metrics(ref_feats.get(ext.id), fake, names, keys=metric_keys(ext), seed=recipe.seed,
+                                     reference_as_state=world > 1)  # fmt: skip
             for name, m in scored.items():
                 extra = {k: v for k, v in m.extra.items() if isinstance(v, (int, float, str, bool))}
                 results.append(Result(g.label, dataset, name, m.value, m.n, m.ci, "", ext.id, extra))
-            if "clip" in feature_metrics:
+            if "clip" in names:
                 scores = dist.gather_lists(_clip_per_image(fake["image"], fake["text"]))
                 results += _clip_by_category(g.label, dataset, ext.id, scores, all_rows)
         _kill_point(f"score:{g.label}")

@@ -31,6 +31,7 @@ from .errors import UserError
 from .features import FeatureCache, FeatureExtractor, encode_texts, get_extractor
 from .features.extract import EncodedImage, extract_images
 from .features.resize import RESIZE_MODES
+from .metric_names import IS_FEATURE
 from .metrics import DEFAULTS as METRIC_DEFAULTS
 from .metrics import RESULT_NAMES, MetricResult, compute_metrics
 from .utils import atomic_write_text
@@ -296,16 +297,22 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     return names
 
 
+def metric_keys(ext: FeatureExtractor) -> dict[str, str]:
+    """Which of ``ext``'s features each set metric reads (``compute_metrics(keys=...)``): CLIP-like extractors give
+    ``image``, Inception ``pool`` (and unbiased logits for the Inception Score)."""
+    key = next((k for k in ("image", "pool") if k in ext.features), next(iter(ext.features)))
+    return {m: key for m in ("fid", "kid", "cmmd", "pr", "dc")} | {"is": IS_FEATURE}
+
+
 def _check_extractor(ext: FeatureExtractor, names: list[str]) -> str:
     """The feature name the set metrics read; errors for metrics this extractor can't serve."""
     if "clip" in names and ext.text_dim is None:
         raise UserError(f"clip score needs a CLIP-like extractor with a text encoder; {ext.name} has none")
-    if "is" in names and "logits" not in ext.features:
-        raise UserError(f"is (Inception Score) needs an extractor with logits (inception:...); {ext.name} has none")
-    for key in ("image", "pool"):
-        if key in ext.features:
-            return key
-    return next(iter(ext.features))
+    if "is" in names and IS_FEATURE not in ext.features:
+        raise UserError(
+            f"is (Inception Score) needs an extractor with unbiased logits (inception:...); {ext.name} has none"
+        )
+    return metric_keys(ext)["fid"]
 
 
 def _oracle_result(pairs: list[tuple[Any, Any]], skipped: SkipCounter) -> MetricResult | None:
@@ -394,8 +401,7 @@ def score(
     results: dict[str, MetricResult] = {}
     notes: list[str] = []
     no_prompt, no_spec = SkipCounter(), SkipCounter()
-    keys = {m: key for m in ("fid", "kid", "cmmd", "pr", "dc")} | {"is": "logits"}
-    opts = {**metric_opts, "keys": {**keys, **(metric_opts.get("keys") or {})}}
+    opts = {**metric_opts, "keys": {**metric_keys(ext), **(metric_opts.get("keys") or {})}}
     for name in names:
         if name == "clip":
             rows = [i for i, p in enumerate(gen.prompts) if p is not None]

@@ -375,6 +375,27 @@ def test_inception_from_local_weights_matches_torch_fidelity(inception_weights):
         torch.testing.assert_close(ours[name], want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
+def test_inception_score_reads_the_logits_without_bias(inception_weights, tmp_path):
+    from evalkit.metrics.functional import inception_score
+    from evalkit.score import score
+
+    state = torch.load(inception_weights)
+    state["fc.weight"] = state["fc.weight"] * 200  # spread the class probabilities, so IS is well above 1
+    state["fc.bias"] = torch.randn(state["fc.bias"].shape, generator=torch.Generator().manual_seed(0)) * 5
+    torch.save(state, tmp_path / "inception.pth")
+    smooth = smooth_image(64, 64)
+    images = [*random_images(3, 64, seed=7), smooth, smooth.rotate(90), Image.new("RGB", (64, 64), (200, 30, 30))]
+    for i, im in enumerate(images):
+        im.save(tmp_path / f"{i}.png")
+    ext = get_extractor(f"inception:{tmp_path / 'inception.pth'}", resize="tf1")
+    feats = extract(ext, [Image.open(tmp_path / f"{i}.png").convert("RGB") for i in range(6)])
+    report = score(tmp_path, None, ["is"], extractor=ext, cache=None, is_splits=2)
+    want, _ = inception_score(feats["logits_unbiased"], splits=2)
+    with_bias, _ = inception_score(feats["logits"], splits=2)
+    assert report["is"].value == pytest.approx(float(want), rel=1e-6)
+    assert abs(float(with_bias) - float(want)) > 0.05 * float(want)  # the bias matters here
+
+
 def test_inception_missing_or_wrong_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     with pytest.raises(ModelNotFoundError) as err:

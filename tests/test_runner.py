@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from evalkit import leaderboard
@@ -73,6 +74,25 @@ def test_run_stores_figures_and_resumes_without_work(in_tmp, tiny_sd_dir, tiny_c
         again = {(r.generator, r.metric, r.category): r.value for r in db.results(second.run_id)}
         assert again == {(r.generator, r.metric, r.category): r.value for r in rows}
         assert len(db.runs("tiny")) == 1
+
+
+def test_inception_beside_clip_each_scores_what_it_can(in_tmp, tiny_sd_dir, tiny_clip):
+    from evalkit.features.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), in_tmp / "inception.pth")  # random weights: the wiring is what counts
+    path = _recipe(in_tmp, tiny_sd_dir, tiny_clip, generators=[{"spec": f"dir:{tiny_sd_dir}", "name": "sd-1",
+                   "params": {"steps": 1, "size": 32}}], metrics=["clip", "fid", "is"], images_per_prompt=2,
+                   extractors=[f"judge:{tiny_clip.dir}", f"inception:{in_tmp / 'inception.pth'}"])  # fmt: skip
+    report = run(path, cache=None, on_stage=lambda s: None)
+    with ResultsDB(in_tmp / "results.db") as db:
+        got = {(r.metric, r.extractor.split(":")[0].split("|")[0]) for r in db.results(report.run_id) if not r.category}
+    assert got == {("clip", "judge"), ("fid", "judge"), ("fid", "inception-v3-fid"), ("is", "inception-v3-fid")}
+    path = _recipe(
+        in_tmp, tiny_sd_dir, tiny_clip, metrics=["clip"], extractors=[f"inception:{in_tmp / 'inception.pth'}"]
+    )
+    with pytest.raises(UserError, match="no extractor in the recipe can compute clip"):
+        run(path, cache=None, on_stage=lambda s: None)
 
 
 def test_new_version_and_leaderboard_formats(in_tmp, tiny_sd_dir, tiny_clip):

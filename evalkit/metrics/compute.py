@@ -6,7 +6,8 @@ all rows in the same image order. Names used by default (change them with ``keys
 - ``"image"``: the image features/embeddings used by FID, KID, CMMD, precision/recall, density/coverage
   (for CMMD and CLIP score these should be CLIP image embeddings);
 - ``"text"``: CLIP text embeddings of each image's prompt (``fake`` only; CLIP score);
-- ``"logits"``: classifier logits (``fake`` only; Inception Score).
+- ``"logits_unbiased"`` (``IS_FEATURE``): classifier logits without the fc bias (``fake`` only; Inception
+  Score), as torch-fidelity, torchmetrics and the original Inception Score code compute it.
 
 ``keys`` maps a metric to another name, e.g. ``keys={"fid": "inception", "kid": "inception"}`` when the
 runner extracted two feature kinds, or ``keys={"clip": ("clip_image", "clip_text")}``.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..metric_names import FEATURE_METRICS, HIGHER_IS_BETTER, RESULT_NAMES  # noqa: F401 (re-exported)
+from ..metric_names import FEATURE_METRICS, HIGHER_IS_BETTER, IS_FEATURE, RESULT_NAMES  # noqa: F401 (re-exported)
 from .bootstrap import bootstrap_ci, bootstrap_set_ci
 from .clip_score import CLIPScore
 from .cmmd import CMMD
@@ -48,7 +49,7 @@ METRICS = FEATURE_METRICS
 """Metric names ``compute_metrics`` accepts (see ``evalkit.metric_names``)."""
 
 DEFAULTS: dict[str, Any] = {
-    "keys": {"fid": "image", "kid": "image", "cmmd": "image", "pr": "image", "dc": "image", "is": "logits",
+    "keys": {"fid": "image", "kid": "image", "cmmd": "image", "pr": "image", "dc": "image", "is": IS_FEATURE,
              "clip": ("image", "text")},
     "real_stats": None,  # FeatureStats of the reference: FID uses it instead of real[keys["fid"]]
     "reference_as_state": False,  # FID adds real[keys["fid"]] to its synced states (each process has a shard)
