@@ -189,5 +189,15 @@ def test_bootstrap_set_ci_brackets_the_metric():
     assert lo < value < hi and hi - lo < value
     lo2, hi2 = bootstrap_set_ci(fid, real, fake, n_boot=60, seed=0, resample="both")
     assert hi2 - lo2 > 0
+    # two sets from one distribution: resampled sets hold duplicate rows, so every raw bootstrap FID lies above
+    # the set's own; the interval keeps the bootstrap's width, centred on the figure, and that width matches the
+    # spread of FID over independent sets of the same size
+    real, fake = (torch.randn(200, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    value = float(fid(real, fake))
+    lo, hi = bootstrap_set_ci(fid, real, fake, n_boot=200, seed=0)
+    assert lo < value < hi
+    fresh = [float(fid(real, torch.randn(200, 8, generator=g, dtype=torch.float64))) for _ in range(200)]
+    spread = np.quantile(fresh, 0.975) - np.quantile(fresh, 0.025)
+    assert 0.5 * spread < hi - lo < 2 * spread
     with pytest.raises(MetricInputError, match="resample"):
         bootstrap_set_ci(fid, real, fake, resample="real")

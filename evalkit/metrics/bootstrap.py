@@ -74,7 +74,7 @@ def bootstrap_set_ci(
     seed: int = 0,
     resample: str = "fake",
 ) -> tuple[float, float]:
-    """Percentile interval of a set metric (FID, KID mean, precision, ...) by resampling feature rows.
+    """Bootstrap interval of a set metric (FID, KID mean, precision, ...) by resampling feature rows.
 
     ``metric_fn(real, fake)`` must return a number (or 0-d tensor); wrap tuple-valued functions, e.g.
     ``lambda r, f: precision_recall(r, f)[0]``. ``resample`` is ``"fake"`` (reference set held fixed: the
@@ -84,7 +84,10 @@ def bootstrap_set_ci(
     Cost: ``n_boot`` full metric evaluations (FID: an eigendecomposition of D×D each; precision/recall: all
     pairwise distances each), so keep ``n_boot`` small (default 100) and sets capped. Resampling with
     replacement duplicates rows, which biases FID upward and makes k-NN radii of resampled sets shrink (that
-    is why ``"fake"`` is the default): read the interval as spread, not as a debiased estimate.
+    is why ``"fake"`` is the default). The bootstrap quantiles are therefore shifted by the median's offset
+    from the metric on the original sets: the interval keeps the bootstrap's width (the spread of the metric
+    at this n) and is centred where the figure it comes with is. For two sets from one distribution, FID 0.9
+    came with raw quantiles [1.02, 1.45].
 
     >>> from evalkit.metrics.functional import fid
     >>> g = torch.Generator().manual_seed(0)
@@ -108,5 +111,6 @@ def bootstrap_set_ci(
         if resample == "both" and real is not None:
             r = real[torch.randint(0, real.shape[0], (real.shape[0],), generator=g).to(real.device)]
         boot.append(float(metric_fn(r, f)))
-    lo, hi = np.quantile(np.asarray(boot), [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    lo, mid, hi = np.quantile(np.asarray(boot), [alpha / 2, 0.5, 1 - alpha / 2])
+    shift = mid - float(metric_fn(real, fake))
+    return float(lo - shift), float(hi - shift)
