@@ -112,9 +112,11 @@ def _rows_images(out: Path, rows: list[dict[str, Any]], skipped: SkipCounter) ->
 
 
 def _servable(ext: FeatureExtractor, metrics: list[str]) -> list[str]:
-    """The feature metrics ``ext`` can compute: CLIP score needs a text tower, the Inception Score unbiased logits."""
+    """The feature metrics ``ext`` can compute: CLIP score and CMMD (whose kernel width is set for CLIP embeddings)
+    need a CLIP-like extractor, the Inception Score unbiased logits."""
+    clip_like = ext.text_dim is not None
     return [
-        m for m in metrics if (m != "clip" or ext.text_dim is not None) and (m != "is" or IS_FEATURE in ext.features)
+        m for m in metrics if (m not in ("clip", "cmmd") or clip_like) and (m != "is" or IS_FEATURE in ext.features)
     ]
 
 
@@ -210,8 +212,8 @@ def run(
     served = {m for ext in extractors for m in _servable(ext, feature_metrics)}
     if missing := [m for m in feature_metrics if m not in served]:
         raise UserError(
-            f"no extractor in the recipe can compute {', '.join(missing)} (clip needs a CLIP-like extractor, "
-            f"is an Inception one): extractors {', '.join(recipe.extractors)}"
+            f"no extractor in the recipe can compute {', '.join(missing)} (clip and cmmd need a CLIP-like "
+            f"extractor, is an Inception one): extractors {', '.join(recipe.extractors)}"
         )
     for g in recipe.generators:
         load_generator(g.spec)

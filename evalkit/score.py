@@ -306,8 +306,9 @@ def metric_keys(ext: FeatureExtractor) -> dict[str, str]:
 
 def _check_extractor(ext: FeatureExtractor, names: list[str]) -> str:
     """The feature name the set metrics read; errors for metrics this extractor can't serve."""
-    if "clip" in names and ext.text_dim is None:
-        raise UserError(f"clip score needs a CLIP-like extractor with a text encoder; {ext.name} has none")
+    for name in ("clip", "cmmd"):  # CMMD's kernel width is set for CLIP embeddings
+        if name in names and ext.text_dim is None:
+            raise UserError(f"{name} needs a CLIP-like extractor with a text encoder; {ext.name} has none")
     if "is" in names and IS_FEATURE not in ext.features:
         raise UserError(
             f"is (Inception Score) needs an extractor with unbiased logits (inception:...); {ext.name} has none"

@@ -82,16 +82,26 @@ def test_inception_beside_clip_each_scores_what_it_can(in_tmp, tiny_sd_dir, tiny
     torch.manual_seed(0)
     torch.save(FIDInceptionV3().state_dict(), in_tmp / "inception.pth")  # random weights: the wiring is what counts
     path = _recipe(in_tmp, tiny_sd_dir, tiny_clip, generators=[{"spec": f"dir:{tiny_sd_dir}", "name": "sd-1",
-                   "params": {"steps": 1, "size": 32}}], metrics=["clip", "fid", "is"], images_per_prompt=2,
+                   "params": {"steps": 1, "size": 32}}], metrics=["clip", "fid", "cmmd", "is"], images_per_prompt=2,
                    extractors=[f"judge:{tiny_clip.dir}", f"inception:{in_tmp / 'inception.pth'}"])  # fmt: skip
     report = run(path, cache=None, on_stage=lambda s: None)
     with ResultsDB(in_tmp / "results.db") as db:
         got = {(r.metric, r.extractor.split(":")[0].split("|")[0]) for r in db.results(report.run_id) if not r.category}
-    assert got == {("clip", "judge"), ("fid", "judge"), ("fid", "inception-v3-fid"), ("is", "inception-v3-fid")}
+    assert got == {
+        ("clip", "judge"),
+        ("fid", "judge"),
+        ("cmmd", "judge"),
+        ("fid", "inception-v3-fid"),
+        ("is", "inception-v3-fid"),
+    }
     path = _recipe(
-        in_tmp, tiny_sd_dir, tiny_clip, metrics=["clip"], extractors=[f"inception:{in_tmp / 'inception.pth'}"]
+        in_tmp,
+        tiny_sd_dir,
+        tiny_clip,
+        metrics=["clip", "fid", "cmmd"],
+        extractors=[f"inception:{in_tmp / 'inception.pth'}"],
     )
-    with pytest.raises(UserError, match="no extractor in the recipe can compute clip"):
+    with pytest.raises(UserError, match="no extractor in the recipe can compute clip, cmmd"):
         run(path, cache=None, on_stage=lambda s: None)
 
 
