@@ -59,10 +59,12 @@ def win_rates(table: dict[str, dict[str, float]], directions: dict[str, bool]) -
 def latest_run_ids(db: ResultsDB, recipe: str | None = None) -> list[str]:
     """The newest finished (else newest) run of each recipe, or of the one named."""
     latest: dict[str, str] = {}
-    for run in db.runs(recipe):
-        if run.status == "done" or run.recipe_name not in latest:
-            latest[run.recipe_name] = run.run_id
-    return list(latest.values())
+    done: dict[str, str] = {}
+    for run in db.runs(recipe):  # oldest first
+        latest[run.recipe_name] = run.run_id
+        if run.status == "done":
+            done[run.recipe_name] = run.run_id
+    return [done.get(name, run_id) for name, run_id in latest.items()]
 
 
 def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = None) -> Leaderboard:

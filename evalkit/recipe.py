@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ from .errors import UserError
 from .metric_names import RECIPE_METRICS as METRICS
 
 GENERATOR_PREFIXES = ("zoo/", "zoo:", "dir:", "hf:", "folder:")
+
+
+def slug(label: str) -> str:
+    """A generator's folder name under the run's ``images/``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "generator"
 
 
 class _Strict(BaseModel):
@@ -77,6 +83,20 @@ class Recipe(_Strict):
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"generator names must be unique; repeated: {', '.join(sorted(dup))} (set `name:`)")
+        folders = [slug(x) for x in labels]
+        if same := sorted({x for x, f in zip(labels, folders) if folders.count(f) > 1}):
+            raise ValueError(
+                f"generator names {', '.join(map(repr, same))} would share one images folder (set `name:`)"
+            )
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        try:
+            v.format(name="recipe")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"{v!r}: the only placeholder is {{name}} ({type(err).__name__}: {err})") from None
         return v
 
     @property
@@ -101,7 +121,8 @@ def _fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _one_line(err: ValidationError, path: Path) -> str:
-    e = err.errors()[0]
+    errors = err.errors()  # a misspelled required key is two errors: name the misspelling
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(e["loc"])
     where = ".".join(str(p) for p in loc)
     if e["type"] == "extra_forbidden":
@@ -145,9 +166,9 @@ def _check_paths(recipe: Recipe, path: Path) -> None:
         for prefix in ("dir:", "folder:"):
             if g.spec.startswith(prefix) and not Path(g.spec[len(prefix) :]).exists():
                 raise UserError(f"{path}: generator {g.label!r}: path not found: {g.spec[len(prefix) :]}")
-    for spec in (recipe.prompts, recipe.reference.source if recipe.reference else None):
+    for key, spec in (("prompts", recipe.prompts), ("reference.source", recipe.reference and recipe.reference.source)):
         if not spec or spec.startswith("shapes:") or spec.endswith(":default"):
             continue
         local = spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec
         if not Path(local).exists():
-            raise UserError(f"{path}: file not found: {local}")
+            raise UserError(f"{path}: {key} {spec!r}: file not found: {local}")

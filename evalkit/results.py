@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -128,8 +129,8 @@ def code_version() -> str:
 
 
 def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
+    if a is None or b is None:  # SQLite stores NaN as NULL
+        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
     return a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
 
 
@@ -145,10 +146,14 @@ class ResultsDB:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30)
         self.conn.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
+        try:
+            if self.path != ":memory:":
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:  # not a database, read-only, locked for longer than the timeout
+            self.conn.close()
+            raise UserError(f"cannot use {self.path} as a results database: {err}") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -222,9 +227,9 @@ class ResultsDB:
                 if old is not None:
                     if _same(old["value"], r.value) and old["n"] == r.n:
                         continue
-                    raise ValueError(
+                    raise UserError(
                         f"result {key} already stored as {old['value']} (n={old['n']}); refusing to overwrite it with"
-                        f" {r.value} (n={r.n}) — start a new run version instead"
+                        f" {r.value} (n={r.n}): start a new run version instead (`run RECIPE --new-version`)"
                     )
                 lo, hi = r.ci if r.ci else (None, None)
                 self.conn.execute(

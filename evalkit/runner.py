@@ -15,7 +15,6 @@ float64 rounding of the FID and CLIP sums). Rank 0 alone writes the results stor
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from .generators.to_folder import merge_shard_manifests
 from .metric_names import FEATURE_METRICS, IS_FEATURE
 from .metrics import compute_metrics
 from .metrics.bootstrap import bootstrap_ci
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, load_recipe, slug
 from .report import write_report
 from .results import Result, ResultsDB
 from .score import metric_keys
@@ -67,10 +66,6 @@ def _kill_point(point: str) -> None:
     rank = str(dist.rank())
     if os.environ.get("EVALKIT_KILL_AT") == point and os.environ.get("EVALKIT_KILL_RANK", rank) == rank:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "generator"
 
 
 def reference_path(source: str, root: Path = REFERENCE_DIR) -> Path:

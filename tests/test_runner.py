@@ -138,13 +138,36 @@ def test_win_rate_and_ranks():
     assert lb.generators == ["a", "b", "c"]
 
 
+def test_latest_run_is_the_newest_finished_else_the_newest():
+    db = ResultsDB(":memory:")
+    v1 = db.start_run("r", "h", {}, [0]).run_id
+    v2 = db.start_run("r", "h", {}, [0], new_version=True).run_id
+    assert leaderboard.latest_run_ids(db, "r") == [v2]  # neither finished
+    db.finish_run(v1)
+    assert leaderboard.latest_run_ids(db, "r") == [v1]
+    db.finish_run(v2)
+    assert leaderboard.latest_run_ids(db) == [v2]
+
+
 def test_results_are_never_overwritten_silently():
     db = ResultsDB(":memory:")
     rid = db.start_run("r", "h", {}, [0]).run_id
     assert db.add_results(rid, [Result("a", "d", "fid", 1.0, 5)]) == 1
     assert db.add_results(rid, [Result("a", "d", "fid", 1.0, 5)]) == 0
-    with pytest.raises(ValueError, match="refusing to overwrite"):
+    with pytest.raises(UserError, match="refusing to overwrite.*--new-version"):
         db.add_results(rid, [Result("a", "d", "fid", 2.0, 5)])
+    assert db.add_results(rid, [Result("b", "d", "fid", float("nan"), 5)]) == 1  # stored as NULL
+    assert db.add_results(rid, [Result("b", "d", "fid", float("nan"), 5)]) == 0  # the same figure again
+
+
+def test_a_file_that_is_no_database_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "results.db"
+    bad.write_bytes(b"not sqlite at all, " * 200)
+    with pytest.raises(UserError, match="cannot use .* as a results database"):
+        ResultsDB(bad)
+    done = subprocess.run([sys.executable, "-m", "evalkit", "leaderboard", "--db", str(bad)], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "results database" in done.stderr
 
 
 def test_results_db_is_wal(tmp_path):
@@ -176,6 +199,15 @@ BAD_RECIPES = [
     ("- just\n- a list\n", "expected a mapping"),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}, {spec: zoo/a}]\n", "must be unique"),
     ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\nbatch_size: many\n", "batch_size"),
+    (
+        "name: x\nprompts: shapes:4\nreference: {sorce: 'shapes:4'}\ngenerators: [{spec: zoo/a}]\n",
+        "unknown key 'reference.sorce'; did you mean 'source'",
+    ),
+    ("name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a}]\noutput_dir: runs/{nme}\n", "only placeholder is {name}"),
+    (
+        "name: x\nprompts: shapes:4\ngenerators: [{spec: zoo/a, name: a b}, {spec: zoo/a, name: a_b}]\n",
+        "would share one images folder",
+    ),
 ]
 
 
