@@ -19,16 +19,45 @@ ORDER = ("oracle", "clip", "fid", "kid", "cmmd", "precision", "recall", "density
 
 @dataclass
 class Leaderboard:
+    """Columns are metric names; where one metric was measured on several datasets or with several extractors
+    (runs of several recipes, a recipe with two extractors), each gets its own column, ``"fid [inception-v3-fid]"``
+    (see ``base_metric``)."""
+
     run_ids: list[str]
     generators: list[str]
     metrics: list[str]
-    cells: dict[tuple[str, str], Result]  # (generator, metric) -> overall figure
+    cells: dict[tuple[str, str], Result]  # (generator, column) -> overall figure
     ranks: dict[tuple[str, str], int]
     win_rate: dict[str, float]
     speed: list[str] = field(default_factory=list)
-    categories: dict[str, dict[tuple[str, str], Result]] = field(default_factory=dict)  # metric -> (gen, cat)
+    categories: dict[str, dict[tuple[str, str], Result]] = field(default_factory=dict)  # column -> (gen, cat)
     validity: dict[str, float] = field(default_factory=dict)  # metric -> rank agreement with the oracle (τ)
     validity_detail: dict[str, Validity] = field(default_factory=dict)  # metric -> everything measured
+
+
+def base_metric(column: str) -> str:
+    """The metric a leaderboard column holds: ``"fid [inception-v3-fid]"`` -> ``"fid"``."""
+    return column.split(" [", 1)[0]
+
+
+def direction(column: str) -> bool:
+    """Higher is better for this column (quality or speed figure)."""
+    m = base_metric(column)
+    return DIRECTIONS.get(m, SPEED_DIRECTIONS.get(m, True))
+
+
+def _columns(rows: list[Result]) -> dict[tuple[str, str, str], str]:
+    """(metric, dataset, extractor) -> column name, qualified only by what varies for that metric."""
+    groups: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(r.metric, set()).add((r.dataset, r.extractor))
+    out = {}
+    for metric, group in groups.items():
+        for dataset, extractor in group:
+            parts = [dataset] if len({d for d, _ in group}) > 1 else []
+            parts += [extractor.split("|")[0] or "no extractor"] if len({e for _, e in group}) > 1 else []
+            out[(metric, dataset, extractor)] = f"{metric} [{', '.join(parts)}]" if parts else metric
+    return out
 
 
 def _rank(values: dict[str, float], higher: bool) -> dict[str, int]:
@@ -69,25 +98,31 @@ def latest_run_ids(db: ResultsDB, recipe: str | None = None) -> list[str]:
 
 def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = None) -> Leaderboard:
     run_ids = run_ids or latest_run_ids(db, recipe)
-    rows = [r for rid in run_ids for r in db.results(rid)]
+    rows = [r for rid in run_ids for r in db.results(rid)]  # runs oldest first: a newer run's same cell wins
+    column = _columns(rows)
     cells: dict[tuple[str, str], Result] = {}
     cats: dict[str, dict[tuple[str, str], Result]] = {}
     for r in rows:
+        col = column[(r.metric, r.dataset, r.extractor)]
         if r.category:
-            cats.setdefault(r.metric, {})[(r.generator, r.category)] = r
+            cats.setdefault(col, {})[(r.generator, r.category)] = r
         else:
-            cells[(r.generator, r.metric)] = r
+            cells[(r.generator, col)] = r
     generators = sorted({g for g, _ in cells} | {g for c in cats.values() for g, _ in c})
     present = {m for _, m in cells}
-    metrics = [m for m in ORDER if m in present] + sorted(m for m in present - set(ORDER) - set(SPEED_DIRECTIONS))
-    speed = [m for m in SPEED_DIRECTIONS if m in present]
+
+    def order(names: tuple[str, ...]) -> list[str]:
+        return sorted((c for c in present if base_metric(c) in names), key=lambda c: (names.index(base_metric(c)), c))
+
+    other = sorted(c for c in present if base_metric(c) not in ORDER and base_metric(c) not in SPEED_DIRECTIONS)
+    metrics, speed = order(ORDER) + other, order(tuple(SPEED_DIRECTIONS))
     table = {m: {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
-             for m in metrics if m in DIRECTIONS}  # fmt: skip
-    ranks = {(g, m): rk for m, col in table.items() for g, rk in _rank(col, DIRECTIONS[m]).items()}
+             for m in metrics if base_metric(m) in DIRECTIONS}  # fmt: skip
+    ranks = {(g, m): rk for m, col in table.items() for g, rk in _rank(col, direction(m)).items()}
     for m in speed:
         col = {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
-        ranks |= {(g, m): rk for g, rk in _rank(col, SPEED_DIRECTIONS[m]).items()}
-    wr = win_rates(table, DIRECTIONS)
+        ranks |= {(g, m): rk for g, rk in _rank(col, direction(m)).items()}
+    wr = win_rates(table, {m: direction(m) for m in table})
     generators.sort(key=lambda g: -wr.get(g, 0.0) if wr.get(g) == wr.get(g) else 1.0)
     detail = validity_for(db, cells, metrics)
     tau = {m: v.kendall_tau for m, v in detail.items() if v.kendall_tau is not None}
@@ -101,7 +136,7 @@ def validity_for(db: ResultsDB, cells: dict[tuple[str, str], Result], metrics: l
     out = {}
     for m in metrics:
         extractors = {r.extractor for (_, mm), r in cells.items() if mm == m}
-        if len(extractors) == 1 and (v := stored.get((m, extractors.pop()))) is not None:
+        if len(extractors) == 1 and (v := stored.get((base_metric(m), extractors.pop()))) is not None:
             out[m] = v
     return out
 
@@ -126,7 +161,7 @@ def _cell(lb: Leaderboard, g: str, m: str, ci: bool = True) -> str:
 
 def _header(lb: Leaderboard) -> list[str]:
     def name(m: str) -> str:
-        arrow = "↑" if DIRECTIONS.get(m, SPEED_DIRECTIONS.get(m, True)) else "↓"
+        arrow = "↑" if direction(m) else "↓"
         v = lb.validity.get(m)
         return f"{m} {arrow}" + (f" (τ={v:.2f})" if v is not None else "")
 
@@ -152,6 +187,12 @@ def category_rows(lb: Leaderboard, metric: str) -> tuple[list[str], list[list[st
     return ["generator", *cats], body
 
 
+def _category_tables(lb: Leaderboard) -> list[str]:
+    """The columns broken down by category in the exports: oracle accuracy, then CLIP score."""
+    shown = ("oracle", "clip")
+    return sorted((c for c in lb.categories if base_metric(c) in shown), key=lambda c: (shown.index(base_metric(c)), c))
+
+
 def to_markdown(lb: Leaderboard) -> str:
     def table(head: list[str], body: list[list[str]]) -> str:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -160,9 +201,8 @@ def to_markdown(lb: Leaderboard) -> str:
     out = [table(_header(lb), rows(lb))]
     if lb.validity:
         out.append("\n" + validity_note(lb))
-    for metric in ("oracle", "clip"):
-        if metric in lb.categories:
-            out.append(f"\n**{metric} by category**\n\n" + table(*category_rows(lb, metric)))
+    for metric in _category_tables(lb):
+        out.append(f"\n**{metric} by category**\n\n" + table(*category_rows(lb, metric)))
     return "\n".join(out) + "\n"
 
 
@@ -208,9 +248,8 @@ def to_html(lb: Leaderboard) -> str:
     parts = [html_table(_header(lb), rows(lb))]
     if lb.validity:
         parts.append(f"<p>{html.escape(validity_note(lb))}</p>")
-    for metric in ("oracle", "clip"):
-        if metric in lb.categories:
-            parts.append(f"<h3>{metric} by category</h3>" + html_table(*category_rows(lb, metric)))
+    for metric in _category_tables(lb):
+        parts.append(f"<h3>{html.escape(metric)} by category</h3>" + html_table(*category_rows(lb, metric)))
     style = "table{border-collapse:collapse;font:14px sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}"
     return f"<!doctype html><meta charset=utf-8><title>Leaderboard</title><style>{style}</style>" + "".join(parts)
 

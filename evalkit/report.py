@@ -26,6 +26,7 @@ from .data.images import SkipCounter, try_load_image
 from .errors import UserError
 from .generators.manifest import MANIFEST_NAME, read_manifest
 from .plots import Curve, PlotPoint, pareto_front, pareto_plot, steps_plot
+from .recipe import slug
 from .results import ResultsDB
 from .utils import atomic_write_bytes, atomic_write_text
 
@@ -140,8 +141,6 @@ def thumbnail(img: Image.Image, size: int = THUMB_PX) -> Image.Image:
 # data from the image folders -------------------------------------------------------------------------
 def load_manifests(info: RunInfo, labels: list[str]) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
     """``label -> (folder, manifest rows)`` for each generator whose image folder has a manifest."""
-    from .runner import slug  # here, not at the top: the runner imports this module
-
     out = {}
     for label in labels:
         folder = info.out_dir / "images" / slug(label)
@@ -255,8 +254,8 @@ def _families(manifests) -> dict[str, str]:
 
 
 def _plot_metrics(lb: lbm.Leaderboard) -> list[str]:
-    chosen = [m for m in PLOT_METRICS if m in lb.metrics]
-    return chosen or [m for m in lb.metrics if m in lbm.DIRECTIONS][:1]
+    chosen = [c for m in PLOT_METRICS for c in lb.metrics if lbm.base_metric(c) == m]
+    return chosen or [c for c in lb.metrics if lbm.base_metric(c) in lbm.DIRECTIONS][:1]
 
 
 def _value(lb: lbm.Leaderboard, g: str, m: str) -> float | None:
@@ -271,12 +270,12 @@ def _pareto_section(lb: lbm.Leaderboard, families: dict[str, str], assets: _Asse
                       "metrics).</p></section>"  # fmt: skip
     figs = []
     for m in _plot_metrics(lb):
-        higher = lbm.DIRECTIONS[m]
+        higher = lbm.direction(m)
         pts = [PlotPoint(g, x, y, families.get(g, "unknown")) for g in lb.generators
                if (x := _value(lb, g, SPEED_METRIC)) is not None and (y := _value(lb, g, m)) is not None]  # fmt: skip
         if not pts:
             continue
-        src = assets.add(f"pareto_{m}.png", pareto_plot(pts, metric=m, higher=higher))
+        src = assets.add(f"pareto_{slug(m)}.png", pareto_plot(pts, metric=m, higher=higher))
         front = [pts[i].label for i in pareto_front([p.x for p in pts], [p.y for p in pts], y_higher=higher)]
         figs.append(f'<figure><img src="{_e(src)}" alt="{_e(m)} versus images per second">'
                     f'<figcaption>x: images/s (log), y: {_e(m)} ({"higher" if higher else "lower"} is better); '
@@ -324,7 +323,7 @@ def _steps_section(info: RunInfo, lb: lbm.Leaderboard, manifests, assets: _Asset
     x_label, curves = steps_curves(info, lb, manifests)
     if not curves:
         return ""
-    panels = {m: (lbm.DIRECTIONS[m], cs) for m, cs in curves.items()}
+    panels = {m: (lbm.direction(m), cs) for m, cs in curves.items()}
     src = assets.add("steps.png", steps_plot(panels, x_label=x_label))
     return ('<section id="steps"><h2>Quality versus steps</h2><div class="plots"><figure>'
             f'<img src="{_e(src)}" alt="quality versus {_e(x_label)}"><figcaption>One line per generator spec run at '

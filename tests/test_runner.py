@@ -138,6 +138,25 @@ def test_win_rate_and_ranks():
     assert lb.generators == ["a", "b", "c"]
 
 
+def test_a_metric_on_two_datasets_or_extractors_gets_a_column_each():
+    db = ResultsDB(":memory:")
+    laion, parti = (db.start_run(name, name, {}, [0]).run_id for name in ("laion", "parti"))
+    db.add_results(laion, [Result("a", "laion", "clip", 30.0, 5, extractor="clip"), Result("b", "laion", "clip", 20.0, 5, extractor="clip"),
+                           Result("a", "laion", "fid", 9.0, 5, extractor="clip"), Result("b", "laion", "fid", 5.0, 5, extractor="clip"),
+                           Result("a", "laion", "fid", 7.0, 5, extractor="inception"), Result("b", "laion", "fid", 8.0, 5, extractor="inception")])  # fmt: skip
+    db.add_results(parti, [Result("a", "parti", "clip", 10.0, 5, extractor="clip"), Result("b", "parti", "clip", 25.0, 5, extractor="clip")])  # fmt: skip
+    lb = leaderboard.build(db)
+    assert lb.metrics == ["clip [laion]", "clip [parti]", "fid [clip]", "fid [inception]"]  # nothing dropped
+    assert {c: lb.cells[("a", c)].value for c in lb.metrics} == {
+        "clip [laion]": 30.0, "clip [parti]": 10.0, "fid [clip]": 9.0, "fid [inception]": 7.0
+    }  # fmt: skip
+    assert lb.ranks[("a", "fid [inception]")] == 1 and lb.ranks[("a", "fid [clip]")] == 2  # lower is better
+    assert lb.win_rate == pytest.approx({"a": 0.5, "b": 0.5})
+    assert "fid [inception] ↓" in leaderboard.to_markdown(lb)
+    only = leaderboard.build(db, "laion")  # one recipe: clip has one dataset there
+    assert only.metrics == ["clip", "fid [clip]", "fid [inception]"]
+
+
 def test_latest_run_is_the_newest_finished_else_the_newest():
     db = ResultsDB(":memory:")
     v1 = db.start_run("r", "h", {}, [0]).run_id

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from ..errors import UserError
 from ..generators import MANIFEST_NAME, read_manifest
 from ..metric_names import FEATURE_METRICS, RECIPE_METRICS
-from ..recipe import Recipe, _one_line, load_recipe
-from ..runner import run, slug
+from ..recipe import Recipe, _one_line, load_recipe, slug
+from ..runner import run
 from .context import UiContext, failure, problem
 from .models import NO_ZOO_MESSAGE, chosen_specs, short_label, zoo_generators
 

@@ -42,7 +42,7 @@ def filter_choices(db: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def _column(lb: lbm.Leaderboard, m: str) -> str:
-    higher = lbm.DIRECTIONS.get(m, lbm.SPEED_DIRECTIONS.get(m, True))
+    higher = lbm.direction(m)
     tau = lb.validity.get(m)
     return f"{m} {'↑' if higher else '↓'}" + (f" (τ={tau:.2f})" if tau is not None else "")
 
@@ -55,7 +55,7 @@ def table(
     lb: lbm.Leaderboard, metrics: list[str] | None, category: str
 ) -> tuple[list[str], list[list[Any]], list[str]]:
     """(headers, rows, datatypes): one row per generator; overall figures with CIs, or one category's figures."""
-    keep = (lambda m: m in metrics) if metrics else (lambda m: True)
+    keep = (lambda m: lbm.base_metric(m) in metrics) if metrics else (lambda m: True)
     if category and category != OVERALL:
         cols = [m for m, cells in lb.categories.items() if keep(m) and any(c == category for _, c in cells)]
         head = ["generator", *(f"{_column(lb, m)} [{category}]" for m in cols)]
@@ -99,14 +99,15 @@ def _families(rdb: ResultsDB, lb: lbm.Leaderboard) -> dict[str, str]:
 
 def plot(rdb: ResultsDB, lb: lbm.Leaderboard, metric: str | None) -> Image.Image | None:
     """The report's quality-versus-speed plot (Pareto front dashed) for one quality metric."""
-    candidates = [m for m in lb.metrics if m in lbm.DIRECTIONS]
+    candidates = [m for m in lb.metrics if lbm.base_metric(m) in lbm.DIRECTIONS]
     if rpt.SPEED_METRIC not in lb.speed or not candidates:
         return None
-    metric = metric if metric in candidates else next((m for m in rpt.PLOT_METRICS if m in candidates), candidates[0])
+    wanted = [metric] if metric else list(rpt.PLOT_METRICS)  # a metric's first column (a menu names metrics)
+    metric = next((c for m in wanted for c in candidates if c == m or lbm.base_metric(c) == m), candidates[0])
     families = _families(rdb, lb)
     points = [PlotPoint(g, lb.cells[(g, rpt.SPEED_METRIC)].value, lb.cells[(g, metric)].value, families.get(g, "unknown"))
               for g in lb.generators if (g, rpt.SPEED_METRIC) in lb.cells and (g, metric) in lb.cells]  # fmt: skip
-    return Image.open(io.BytesIO(pareto_plot(points, metric=metric, higher=lbm.DIRECTIONS[metric])))
+    return Image.open(io.BytesIO(pareto_plot(points, metric=metric, higher=lbm.direction(metric))))
 
 
 def view(ctx: UiContext, recipe: str | None, metrics: list[str] | None, category: str | None,
