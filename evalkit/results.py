@@ -180,16 +180,18 @@ class ResultsDB:
         new_version: bool = False,
     ) -> Run:
         """Resume the latest run of this exact recipe, or start version N+1 when asked (or none exists)."""
-        last = self.find_run(recipe_hash)
-        if last and not new_version:
-            return last
-        version = last.version + 1 if last else 1
-        run_id = f"{recipe_name}-{recipe_hash[:10]}-v{version}"
-        with self.conn:
+        code = code_version()  # a git call: outside the lock
+        with self.conn:  # one write transaction from the look-up on: processes starting at once get a version each
+            self.conn.execute("BEGIN IMMEDIATE")
+            last = self.find_run(recipe_hash)
+            if last and not new_version:
+                return last
+            version = last.version + 1 if last else 1
+            run_id = f"{recipe_name}-{recipe_hash[:10]}-v{version}"
             self.conn.execute(
                 "INSERT INTO runs (run_id, recipe_name, recipe_hash, version, recipe_json, code_version, seeds, host,"
                 " started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, recipe_name, recipe_hash, version, json.dumps(recipe, sort_keys=True), code_version(),
+                (run_id, recipe_name, recipe_hash, version, json.dumps(recipe, sort_keys=True), code,
                  json.dumps(list(seeds)), platform.node(), time.time()),
             )  # fmt: skip
         return self.get_run(run_id)

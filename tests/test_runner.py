@@ -189,6 +189,19 @@ def test_a_file_that_is_no_database_is_a_one_line_error(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr and "results database" in done.stderr
 
 
+def test_runs_started_at_once_each_get_a_version(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ResultsDB(tmp_path / "r.db").close()
+
+    def start(_):
+        with ResultsDB(tmp_path / "r.db") as db:
+            return db.start_run("r", "h", {}, [0], new_version=True).version
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(start, range(6))) == [1, 2, 3, 4, 5, 6]
+
+
 def test_results_db_is_wal(tmp_path):
     ResultsDB(tmp_path / "r.db").close()
     mode = sqlite3.connect(tmp_path / "r.db").execute("PRAGMA journal_mode").fetchone()[0]
