@@ -9,7 +9,8 @@ torchmetrics' own ``cat`` reduction and are trimmed again in ``compute``. Kept r
 
 Memory: between trims a side may hold up to ``2 · max_samples`` rows (trimming every batch would copy the
 buffer each time): ``2 · max_samples · D · 4`` bytes per side for float32 (160 MB at 10k × 2048).
-Identical rows share a key, so exact duplicates are kept or dropped together.
+Identical rows share a key, so exact duplicates sit next to each other in key order; at the cut-off a group of
+them may still be split (the sort is stable: of equal keys the earliest rows stay).
 
 Distributed: every process must ``update`` each side it computes with at least one row before ``compute``
 (torchmetrics cannot gather a ``cat`` state that is empty on one rank and 2-D on another).
