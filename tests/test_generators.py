@@ -163,6 +163,32 @@ def test_hf_offline_missing_model_fails_at_once_with_what_to_fetch(monkeypatch, 
     assert code == 2 and err_out.startswith("error: hf:evalkit-tests/no-such-model-4242") and "Traceback" not in err_out
 
 
+def test_hf_offline_loads_a_cache_that_lacks_files_the_pipeline_never_needs(monkeypatch, tiny_sd_dir, tmp_path):
+    """diffusers fetches only what a pipeline needs; huggingface_hub then calls the snapshot incomplete."""
+    import shutil
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    partial, broken = tmp_path / "partial", tmp_path / "broken"
+    shutil.copytree(tiny_sd_dir, partial)
+    shutil.copytree(tiny_sd_dir, broken)
+    shutil.rmtree(broken / "unet")
+    snapshots = {"org/partial": partial, "org/broken": broken}
+
+    def snapshot_download(repo_id, revision=None, local_files_only=False):
+        raise IncompleteSnapshotError(
+            "unet/diffusion_pytorch_model.fp16.safetensors is missing", str(snapshots[repo_id])
+        )
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    g = load("hf:org/partial", cache=False)
+    assert g.name == "hf:org/partial" and len(g.generate(["a red circle"], seeds=[0], steps=1, size=32).images) == 1
+    with pytest.raises(ModelNotFoundError, match="cached copy is incomplete"):
+        load("hf:org/broken", cache=False)
+
+
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [

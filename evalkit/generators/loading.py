@@ -231,8 +231,12 @@ def _load_hf(arg: str, device: str, **kw: Any) -> Generator:
         "or run once with HF_HUB_OFFLINE=0 to fill the cache"
     )
     if _hf_offline():
+        from huggingface_hub.errors import IncompleteSnapshotError
+
         try:
             snapshot = snapshot_download(repo_id, revision=revision or None, local_files_only=True)
+        except IncompleteSnapshotError as e:  # files the pipeline never needs (fp16 variants, .ckpt) were not fetched
+            snapshot = e.snapshot_path  # the pipeline's own files are checked as it loads
         except OSError:  # LocalEntryNotFoundError: nothing cached for this id and revision
             raise ModelNotFoundError(
                 f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; {fetch}"
