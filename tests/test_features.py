@@ -187,6 +187,19 @@ def test_clip_from_local_weight_file(tiny_clip):
     torch.testing.assert_close(ext.encode_images([image])["image"], ref)
 
 
+def test_clip_whose_hub_tokenizer_is_not_cached_is_a_one_line_error(tiny_clip, monkeypatch):
+    import open_clip
+
+    def offline(name, *a, **kw):  # what SigLIP's Hugging Face tokenizer does offline with an empty cache
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files for {name}.\nCheck ...")
+
+    load_openclip_dir(tiny_clip.dir)
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    with pytest.raises(ModelNotFoundError, match="needs files beyond its weights") as err:
+        get_extractor(f"clip:{tiny_clip.name}/{tiny_clip.dir}/open_clip_model.safetensors")
+    assert "\n" not in str(err.value) and "couldn't connect" in str(err.value)
+
+
 # --- resize modes -------------------------------------------------------------------------------
 
 

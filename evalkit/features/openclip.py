@@ -250,6 +250,22 @@ def _missing_clip_weights(arch: str, tag: str, pcfg: dict) -> ModelNotFoundError
     )
 
 
+def _offline_extras(arch: str, err: Exception, fetch: str) -> ModelNotFoundError:
+    """Some models need more than their weights: a Hugging Face tokenizer (SigLIP) or text-tower config (XLM-R)."""
+    detail = (str(err).splitlines() or [type(err).__name__])[0]
+    return ModelNotFoundError(
+        f"open_clip {arch} needs files beyond its weights (a tokenizer or text-tower config) that could not be "
+        f"loaded ({detail}): {fetch}"
+    )
+
+
+def _tokenizer(open_clip: Any, arch: str, fetch: str) -> Any:
+    try:
+        return open_clip.get_tokenizer(arch)
+    except OSError as e:  # offline: a hub tokenizer that is not cached
+        raise _offline_extras(arch, e, fetch) from None
+
+
 def parse_clip_spec(arg: str) -> tuple[str, str | None]:
     """``clip:`` argument → (open_clip model name, pretrained tag or file; None for ``hf-hub:`` models)."""
     if arg.startswith("hf-hub:"):
@@ -285,9 +301,8 @@ def load_clip(arg: str | None, resize: str = "clean", device: str | torch.device
                 f"{repo} on a connected machine (`hf download {repo}`) or use clip:ARCH//path/to/weights"
             ) from None
         cfg = open_clip.factory._get_hf_config(repo)["model_cfg"]
-        return OpenCLIPExtractor(
-            model, open_clip.get_tokenizer(arch), f"clip:{arch}", [weight_file], cfg["embed_dim"], resize, device
-        )
+        tokenizer = _tokenizer(open_clip, arch, f"fetch the whole repo on a connected machine (`hf download {repo}`)")
+        return OpenCLIPExtractor(model, tokenizer, f"clip:{arch}", [weight_file], cfg["embed_dim"], resize, device)
 
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
@@ -317,11 +332,19 @@ def load_clip(arg: str | None, resize: str = "clean", device: str | torch.device
         if not weight_file:
             raise _missing_clip_weights(arch, pretrained, pcfg)
         weight_file, label, source = str(weight_file), pretrained, pretrained
+    text_cfg = cfg.get("text_cfg", {})
+    hub_parts = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    fetch = (
+        f"fetch {hub_parts} on a connected machine (`hf download {hub_parts}`)"
+        if hub_parts
+        else "run once with network to fill the caches"
+    )
     try:
         # a tag resolves again from the cache (and brings the tag's own mean/std); a file loads as is
         model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=source, device=device)
     except RuntimeError as e:
         raise UserError(f"weights {weight_file} don't load into open_clip {arch}: {str(e).splitlines()[0]}") from None
-    return OpenCLIPExtractor(
-        model, open_clip.get_tokenizer(arch), f"clip:{arch}/{label}", [weight_file], cfg["embed_dim"], resize, device
-    )
+    except OSError as e:  # offline: a Hugging Face text tower's config that is not cached
+        raise _offline_extras(arch, e, fetch) from None
+    tokenizer = _tokenizer(open_clip, arch, fetch)
+    return OpenCLIPExtractor(model, tokenizer, f"clip:{arch}/{label}", [weight_file], cfg["embed_dim"], resize, device)
