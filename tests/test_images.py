@@ -75,6 +75,19 @@ def test_palette_with_transparency_is_composited_on_white():
     assert out.getpixel((12, 8)) == (255, 0, 0)
 
 
+def test_rgb_with_a_transparent_colour_key_is_composited_on_white():
+    im = Image.new("RGB", (16, 16), (1, 2, 3))
+    im.paste((200, 0, 0), (8, 0, 16, 16))
+    out = load_image(encode(im, "PNG", transparency=(1, 2, 3)))  # a tRNS chunk: (1, 2, 3) is transparent
+    assert out.getpixel((2, 8)) == (255, 255, 255) and out.getpixel((12, 8)) == (200, 0, 0)
+
+
+def test_dark_16bit_pgm_stays_dark():
+    for value, want in ((200, 1), (60000, 233)):  # the file's bit depth decides the scale, not its brightest pixel
+        out = load_image(encode(Image.fromarray(np.full((8, 8), value, np.uint16)), "PPM"))
+        assert out.getpixel((0, 0)) == (want, want, want), value
+
+
 def test_grayscale_l_and_la():
     out = load_image(encode(Image.new("L", (10, 10), 77), "PNG"))
     assert out.mode == "RGB" and out.getpixel((0, 0)) == (77, 77, 77)

@@ -118,7 +118,7 @@ def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; transparent pixels become white (the usual paper colour of
     logos and clip art, and what a viewer shows)."""
-    if im.mode == "RGB":
+    if im.mode == "RGB" and "transparency" not in im.info:  # a PNG's tRNS colour key makes RGB transparent
         return im
     if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         return _high_bit_depth_to_l(im).convert("RGB")
@@ -164,6 +164,8 @@ def load_image(
         im.load()
     except Exception as e:
         raise _classify(e, name) from None
+    if im.format == "PPM" and im.mode == "I":  # a 16-bit PGM: scale by its depth, not by its brightest pixel
+        im = Image.fromarray(np.asarray(im).astype(np.uint16))  # mode I;16
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a malformed EXIF block does not spoil the pixels

@@ -47,7 +47,7 @@ from ..utils import atomic_write_bytes, atomic_write_text
 from .base import FeatureExtractor
 
 CACHE_FORMAT = 1
-DECODE_FORMAT = 1
+DECODE_FORMAT = 2
 """Version of the bytes → pixels rule (``evalkit.data.images.load_image``); bump it when that rule changes."""
 DIGEST_KEY = "__digest__"
 
