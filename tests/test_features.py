@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import time
 
 import numpy as np
@@ -304,6 +306,13 @@ def test_cache_key_changes_with_resize_mode_and_weights(tiny_clip, tmp_path):
     other = get_extractor(f"judge:{other_dir}")
     assert other.id == clean.id and other.weights_hash != clean.weights_hash
     assert FeatureCache.key(other) != FeatureCache.key(clean)
+
+    renormed = tmp_path / "renormed"  # the same weights, another normalization in the config
+    shutil.copytree(directory, renormed)
+    hub = json.loads((renormed / "open_clip_config.json").read_text())
+    hub["preprocess_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    (renormed / "open_clip_config.json").write_text(json.dumps(hub))
+    assert FeatureCache.key(get_extractor(f"judge:{renormed}")) != FeatureCache.key(clean)
 
     images = random_images(4, 32, seed=4)
     cache = FeatureCache(tmp_path / "cache")

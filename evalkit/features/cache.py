@@ -252,8 +252,9 @@ class FeatureCache:
 
     @staticmethod
     def key(extractor: FeatureExtractor) -> str:
-        """Folder name for an extractor: changes with its id (incl. resize mode) or its weights."""
-        return _folder_key(extractor.id, extractor.weights_hash)
+        """Folder name for an extractor: changes with its id (incl. resize mode), its normalization or its weights."""
+        return _folder_key(f"{extractor.id}|mean={extractor.preprocess.mean}|std={extractor.preprocess.std}",
+                           extractor.weights_hash)  # fmt: skip
 
     @staticmethod
     def decoded_key() -> str:

@@ -225,8 +225,10 @@ def load_judge(arg: str | None, resize: str = "clean", device: str | torch.devic
     directory = Path(arg).expanduser() if arg else DEFAULT_JUDGE_DIR
     model, _, tokenizer, model_name = load_openclip_dir(directory, device=device)
     embed_dim = _read_model_config(directory / f"{model_name}.json")["embed_dim"]
+    # the configs count as weights for the feature cache: they hold the architecture and the normalization
+    pinned = [directory / name for name in (WEIGHTS_FILE, f"{model_name}.json", HUB_CONFIG_FILE)]
     return OpenCLIPExtractor(
-        model, tokenizer, f"judge:{model_name}", [directory / WEIGHTS_FILE], embed_dim, resize, device
+        model, tokenizer, f"judge:{model_name}", [p for p in pinned if p.is_file()], embed_dim, resize, device
     )
 
 
