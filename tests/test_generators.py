@@ -146,10 +146,13 @@ def test_pipeline_class_outside_evalkit_needs_registration(tmp_path):
 # ---------------------------------------------------------------------------- spec errors
 
 
-def test_hf_offline_missing_model_fails_at_once_with_what_to_fetch(monkeypatch, capsys):
+@pytest.mark.parametrize("imported_first", [False, True])
+def test_hf_offline_missing_model_fails_at_once_with_what_to_fetch(monkeypatch, capsys, imported_first):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # imported_first: huggingface_hub was imported before HF_HUB_OFFLINE was set, so its constant says online
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", not imported_first)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     with pytest.raises(ModelNotFoundError) as err:
         load("hf:evalkit-tests/no-such-model-4242")

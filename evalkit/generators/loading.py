@@ -207,9 +207,11 @@ def _load_folder(arg: str, device: str, **kw: Any) -> Generator:
 
 
 def _hf_offline() -> bool:
+    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: a program that imported diffusers before
+    evalkit set its offline default would otherwise go to the network."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _load_hf(arg: str, device: str, **kw: Any) -> Generator:
