@@ -19,7 +19,17 @@ from evalkit.shapes import oracle
 from evalkit.shapes.oracle import Detection, check, detect, evaluate
 from evalkit.shapes.render import png_bytes, render
 from evalkit.shapes.subset import make_subset
-from evalkit.shapes.world import CATEGORIES, HELD_OUT, SIZES, ObjectSpec, PlacedObject, PromptSpec, Scene, sample
+from evalkit.shapes.world import (
+    CATEGORIES,
+    COLORS,
+    HELD_OUT,
+    SIZES,
+    ObjectSpec,
+    PlacedObject,
+    PromptSpec,
+    Scene,
+    sample,
+)
 
 N = 600  # per condition; rendering + detection is a few ms per image
 
@@ -140,9 +150,44 @@ def test_relations_use_positions():
     assert check(img, spec(square, circle, rel=(0, "right of", 1))).correct
     wrong = check(img, spec(circle, square, rel=(0, "right of", 1)))
     assert not wrong.correct and wrong.failed == ["relation"]
-    # the square sits 0.05 higher: a small offset, but beyond the margin
-    assert check(img, spec(square, circle, rel=(0, "above", 1))).correct
+    # the square sits 0.05 higher and 0.5 to the right: it is right of the circle, not above it
+    assert not check(img, spec(square, circle, rel=(0, "above", 1))).correct
     assert not check(img, spec(square, circle, rel=(0, "below", 1))).correct
+    stacked = scene("white", ("circle", "red", "small", 0.46, 0.25), ("square", "blue", "small", 0.50, 0.75))
+    assert check(stacked, spec(circle, square, rel=(0, "above", 1))).correct
+    assert not check(stacked, spec(circle, square, rel=(0, "left of", 1))).correct  # 0.04 left: a sliver
+    diagonal = scene("white", ("circle", "red", "small", 0.25, 0.30), ("square", "blue", "small", 0.70, 0.65))
+    assert check(diagonal, spec(circle, square, rel=(0, "left of", 1))).correct  # 38° off the axis
+    assert not check(diagonal, spec(circle, square, rel=(0, "above", 1))).correct  # 52° off (GenEval would pass it)
+
+
+def test_renders_hold_their_relation_and_not_the_perpendicular_one():
+    perpendicular = {"left of": "above", "right of": "below", "above": "right of", "below": "left of"}
+    held = crossed = 0
+    for s in sample(60, seed=3, categories=["position"]):
+        img = render(s.scene)
+        held += check(img, s.spec).correct
+        a, rel, b = s.spec.relation
+        crossed += check(
+            img, PromptSpec("position", s.spec.objects, s.spec.background, (a, perpendicular[rel], b))
+        ).correct
+    assert held == 60 and crossed == 0
+
+
+def test_a_color_far_from_every_palette_color_is_no_color():
+    purple = np.asarray(scene("white", ("triangle", "purple", "large", 0.5, 0.5))).copy()
+    inside = np.abs(purple.astype(int) - COLORS["purple"]).sum(-1) < 10  # the solid interior
+    triangle = ObjectSpec("triangle", "purple")
+    assert check(Image.fromarray(purple), spec(triangle, category="single_object")).correct
+    for off, name in (((0, 0, 0), "black"), ((128, 128, 128), "gray"), ((140, 80, 40), "brown")):
+        repainted = purple.copy()
+        repainted[ndimage.binary_dilation(inside, iterations=3) & (purple.min(-1) < 250)] = off
+        verdict = check(Image.fromarray(repainted), spec(triangle, category="single_object"))
+        assert verdict.failed == ["objects[0].color"], (name, verdict.failed)
+    pink = np.full((64, 64, 3), (250, 0, 250), np.uint8)  # magenta: no background of the world
+    assert not check(Image.fromarray(pink), spec(ObjectSpec("circle"), bg="white", category="background")).checks[
+        "background"
+    ]
 
 
 def test_extra_or_missing_objects_fail_the_count():
