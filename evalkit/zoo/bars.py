@@ -5,7 +5,8 @@
 Every generator goes through the generic interface (``evalkit.generators.load``, so ``zoo/NAME`` with its
 ``meta.json`` recommended params, or any ``dir:PATH`` pipeline) and gets the same prompts and seeds:
 
-1. **single_object**: ``n_single`` held-out (test split) prompts, one image each, seeds ``0..n-1``; oracle
+1. **single_object**: ``n_single`` test-split prompts (held-out scenes; the captions themselves also occur in
+   training, as the world's vocabulary is small), one image each, seeds ``0..n-1``; oracle
    accuracy with its 95 % Wilson interval (the oracle's own ``evaluate``).
 2. **categories** (two_object, counting, position; colors and background for information): ``n_category``
    prompts each; accuracy beside a *shuffled-prompt baseline*, the same detections checked against
