@@ -212,6 +212,8 @@ def test_validity_recipe_file_is_the_defaults_and_not_a_run_recipe():
         ValidityRecipe().with_overrides(parts=["ladders", "vibes"])
     with pytest.raises(UserError, match="fake set 'swirl:9'"):
         ValidityRecipe().with_overrides(efficiency={"fakes": ["swirl:9"]})
+    with pytest.raises(UserError, match="seed"):
+        ValidityRecipe().with_overrides(seed=-1)
 
 
 def test_validate_without_a_sweep_says_so_and_creates_no_database(tmp_path, tiny_clip, capsys):

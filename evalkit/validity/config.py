@@ -111,7 +111,7 @@ class ValidityRecipe(_Strict):
     extractor: str = "judge"
     compare: list[str] = Field(default_factory=list, description="more extractors for per-image and blind spots")
     n: int = Field(1000, ge=8, description="images per set: ladders, per-image probe, blind-spot pairs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed -1 would draw the recipes' own shapes:N:1 reference stream")
     parts: list[str] = Field(default_factory=lambda: list(PARTS))
     batch_size: int = Field(128, ge=1)
     kid_subsets: int = Field(20, ge=1)
