@@ -192,6 +192,37 @@ def test_hf_offline_loads_a_cache_that_lacks_files_the_pipeline_never_needs(monk
         load("hf:org/broken", cache=False)
 
 
+def test_hf_online_reads_the_recommended_params_as_offline_does(monkeypatch, tiny_sd_dir, tmp_path):
+    import shutil
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from evalkit.generators import loading
+
+    repo = tmp_path / "snapshot"  # stands in for the hub: files come from here, never from the network
+    shutil.copytree(tiny_sd_dir, repo)
+    (repo / "meta.json").write_text(json.dumps({"generate": {"steps": 3, "size": 32}}))
+
+    def hf_hub_download(repo_id, filename, revision=None):
+        if not (repo / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(repo / filename)
+
+    from_pretrained = loading._from_pretrained
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(
+        loading, "_from_pretrained", lambda cls, src, device, **kw: from_pretrained(cls, str(repo), device)
+    )
+    online = load("hf:org/tiny", cache=False)
+    offline = load(f"dir:{repo}", cache=False)
+    assert online.resolve_params() == offline.resolve_params() and online.resolve_params()["steps"] == 3
+    (repo / "meta.json").unlink()
+    assert load("hf:org/tiny", cache=False).resolve_params()["steps"] != 3  # no meta.json: the pipeline's own
+
+
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [

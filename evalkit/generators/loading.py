@@ -253,7 +253,12 @@ def _load_hf(arg: str, device: str, **kw: Any) -> Generator:
         pipe = _from_pretrained(cls, repo_id, device, revision=revision or None, **kw)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"cannot load {name}: {e}; {fetch}") from None
-    return PipelineGenerator(pipe, name=name, family=family)
+    try:  # the recommended params, as offline reads them from the snapshot (most repos have no meta.json)
+        meta_dir = Path(hf_hub_download(repo_id, META_NAME, revision=revision or None)).parent
+    except Exception:  # EntryNotFoundError, or the network's own errors
+        meta_dir = None
+    defaults = _recommended_params(meta_dir) if meta_dir else {}
+    return PipelineGenerator(pipe, name=name, family=family, defaults=defaults)
 
 
 _KINDS = {"zoo": _load_zoo, "dir": _load_dir, "hf": _load_hf, "folder": _load_folder}
