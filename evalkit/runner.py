@@ -33,13 +33,13 @@ from .features import FeatureCache, FeatureExtractor, encode_texts, extract, get
 from .generators import generate_to_folder
 from .generators import load as load_generator
 from .generators.to_folder import merge_shard_manifests
-from .metric_names import FEATURE_METRICS, IS_FEATURE
+from .metric_names import FEATURE_METRICS
 from .metrics import compute_metrics
 from .metrics.bootstrap import bootstrap_ci
 from .recipe import Recipe, load_recipe, slug
 from .report import write_report
 from .results import Result, ResultsDB
-from .score import metric_keys
+from .score import metric_keys, servable
 from .shapes.oracle import detect
 from .shapes.oracle import evaluate as oracle_evaluate
 from .utils import progress
@@ -104,15 +104,6 @@ def _rows_images(out: Path, rows: list[dict[str, Any]], skipped: SkipCounter) ->
             images.append(img)
             kept.append(row)
     return images, kept
-
-
-def _servable(ext: FeatureExtractor, metrics: list[str]) -> list[str]:
-    """The feature metrics ``ext`` can compute: CLIP score and CMMD (whose kernel width is set for CLIP embeddings)
-    need a CLIP-like extractor, the Inception Score unbiased logits."""
-    clip_like = ext.text_dim is not None
-    return [
-        m for m in metrics if (m not in ("clip", "cmmd") or clip_like) and (m != "is" or IS_FEATURE in ext.features)
-    ]
 
 
 def _speed_results(label: str, dataset: str, rows: list[dict[str, Any]]) -> list[Result]:
@@ -204,12 +195,13 @@ def run(
     # models load before anything is written, so a missing one stops the run with nothing half-done
     loaded = loaded_extractors or {}
     extractors = [loaded.get(spec) or get_extractor(spec) for spec in recipe.extractors] if feature_metrics else []
-    served = {m for ext in extractors for m in _servable(ext, feature_metrics)}
+    served = {m for ext in extractors for m in servable(ext, feature_metrics)}
     if missing := [m for m in feature_metrics if m not in served]:
         raise UserError(
             f"no extractor in the recipe can compute {', '.join(missing)} (clip and cmmd need a CLIP-like "
             f"extractor, is an Inception one): extractors {', '.join(recipe.extractors)}"
         )
+    extractors = [ext for ext in extractors if servable(ext, feature_metrics)]  # none runs for nothing
     for g in recipe.generators:
         load_generator(g.spec)
     out_dir = recipe.out_dir
@@ -268,7 +260,7 @@ def run(
         if "oracle" in recipe.metrics:
             results += _oracle_results(g.label, dataset, dist.gather_lists(_oracle_detections(g.label, images, rows)))
         for ext in extractors:
-            names = _servable(ext, feature_metrics)
+            names = servable(ext, feature_metrics)
             fake = extract(ext, images, cache=cache, desc=f"features {g.label} ({ext.name})")
             if "clip" in names:
                 # every process encodes every prompt in the batches one process would use (batched CPU kernels

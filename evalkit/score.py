@@ -304,15 +304,23 @@ def metric_keys(ext: FeatureExtractor) -> dict[str, str]:
     return {m: key for m in ("fid", "kid", "cmmd", "pr", "dc")} | {"is": IS_FEATURE}
 
 
+def servable(ext: FeatureExtractor, metrics: list[str]) -> list[str]:
+    """The metrics ``ext`` can compute: CLIP score and CMMD (whose kernel width is set for CLIP embeddings) need a
+    CLIP-like extractor, the Inception Score unbiased logits; every other metric any extractor."""
+    clip_like = ext.text_dim is not None
+    return [
+        m for m in metrics if (m not in ("clip", "cmmd") or clip_like) and (m != "is" or IS_FEATURE in ext.features)
+    ]
+
+
 def _check_extractor(ext: FeatureExtractor, names: list[str]) -> str:
     """The feature name the set metrics read; errors for metrics this extractor can't serve."""
-    for name in ("clip", "cmmd"):  # CMMD's kernel width is set for CLIP embeddings
-        if name in names and ext.text_dim is None:
-            raise UserError(f"{name} needs a CLIP-like extractor with a text encoder; {ext.name} has none")
-    if "is" in names and IS_FEATURE not in ext.features:
-        raise UserError(
-            f"is (Inception Score) needs an extractor with unbiased logits (inception:...); {ext.name} has none"
-        )
+    for name in (m for m in names if not servable(ext, [m])):
+        if name == "is":
+            raise UserError(
+                f"is (Inception Score) needs an extractor with unbiased logits (inception:...); {ext.name} has none"
+            )
+        raise UserError(f"{name} needs a CLIP-like extractor with a text encoder; {ext.name} has none")
     return metric_keys(ext)["fid"]
 
 

@@ -49,6 +49,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def hub_offline() -> bool:
+    """Offline for the Hugging Face hub. huggingface_hub reads HF_HUB_OFFLINE once, when first imported: a program
+    that imported diffusers before evalkit set its offline default would otherwise go to the network."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
 def progress_enabled() -> bool:
     return os.environ.get("EVALKIT_PROGRESS", "1") not in ("0", "false", "False")
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelNotFoundError, UserError
-from ..utils import atomic_write_bytes, atomic_write_text
+from ..utils import atomic_write_bytes, atomic_write_text, hub_offline
 from .base import FeatureExtractor, Preprocess, weights_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -323,7 +323,7 @@ def load_clip(arg: str | None, resize: str = "clean", device: str | torch.device
                 f"unknown pretrained tag {pretrained!r} for {arch}; known tags: {', '.join(tags) or 'none'}"
                 f" (or give a local weight file: clip:{arch}//path/to/weights.safetensors)"
             )
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") and not pcfg.get("hf_hub"):
+        if hub_offline() and not pcfg.get("hf_hub"):
             cached = Path("~/.cache/clip").expanduser() / os.path.basename(pcfg.get("url", ""))
             if not cached.is_file():
                 raise _missing_clip_weights(arch, pretrained, pcfg)

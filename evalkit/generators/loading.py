@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFoundError, UserError
+from ..utils import hub_offline
 from .base import FAMILIES, Generator
 from .folder import FolderGenerator
 from .manifest import MANIFEST_NAME
@@ -206,14 +207,6 @@ def _load_folder(arg: str, device: str, **kw: Any) -> Generator:
     return FolderGenerator(directory, name=f"folder:{arg}")
 
 
-def _hf_offline() -> bool:
-    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: a program that imported diffusers before
-    evalkit set its offline default would otherwise go to the network."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _load_hf(arg: str, device: str, **kw: Any) -> Generator:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HFValidationError
@@ -232,7 +225,7 @@ def _load_hf(arg: str, device: str, **kw: Any) -> Generator:
         f"--local-dir {local}` (older: `huggingface-cli download ...`) and use dir:{local}, "
         "or run once with HF_HUB_OFFLINE=0 to fill the cache"
     )
-    if _hf_offline():
+    if hub_offline():
         from huggingface_hub.errors import IncompleteSnapshotError
 
         try:
