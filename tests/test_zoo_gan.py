@@ -121,10 +121,10 @@ class _Interrupt(Exception):
 def test_resume_repeats_the_uninterrupted_run(trained, text_encoder_dir, tmp_path, monkeypatch):
     real_make_batch = gan.make_batch
 
-    def dies_at_step_2(step, cfg):
+    def dies_at_step_2(step, cfg, *pools):
         if step == 2:
             raise _Interrupt
-        return real_make_batch(step, cfg)
+        return real_make_batch(step, cfg, *pools)
 
     cfg = tiny_config(text_encoder_dir)
     monkeypatch.setattr(gan, "make_batch", dies_at_step_2)
@@ -141,8 +141,8 @@ def test_resume_repeats_the_uninterrupted_run(trained, text_encoder_dir, tmp_pat
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(text_encoder_dir, tmp_path, monkeypatch):
     real_make_batch = gan.make_batch
 
-    def nan_at_step_2(step, cfg):
-        x, captions, mismatched = real_make_batch(step, cfg)
+    def nan_at_step_2(step, cfg, *pools):
+        x, captions, mismatched = real_make_batch(step, cfg, *pools)
         return (x * float("nan") if step == 2 else x), captions, mismatched
 
     monkeypatch.setattr(gan, "make_batch", nan_at_step_2)
@@ -267,6 +267,36 @@ def test_category_mix_may_change_at_a_step(text_encoder_dir):
     early, late = gan.make_batch(4, cfg)[1], gan.make_batch(5, cfg)[1]
     assert early == gan.make_batch(4, dict(cfg, categories=mix[0]))[1]
     assert late == gan.make_batch(5, dict(cfg, categories=mix[5]))[1] != early
+
+
+def test_cached_latents_are_the_captioned_scenes(text_encoder_dir, tmp_path):
+    """With ``cache_size`` a batch is pool rows: each latent must be the encoding of the scene its captions
+    describe, built once and reloaded from ``work``."""
+    from evalkit.zoo.common import cache_rows, images_to_tensor, render_batch
+
+    mix = {0: {"background": 1.0}, 3: {"counting": 1.0}}
+    cfg = tiny_config(text_encoder_dir, batch_size=6, cache_size=10, latent_vae="zoo/diffusion-vae", categories=mix,
+                      describe_prob=0.0)  # fmt: skip
+    vae = gan.load_latent_vae(cfg)
+    pools = gan.LatentPools(vae, cfg, tmp_path, "vae")
+    for step in (2, 3, 5):  # both mixes; step 5 wraps into the pool's second epoch
+        x, captions, mismatched = gan.make_batch(step, cfg, pools)
+        pool, _ = pools.get(mix[0] if step < 3 else mix[3])
+        scenes = [pool[r] for r in cache_rows(step, 10, 6, cfg["seed"])]
+        expected = gan.to_latents(vae, images_to_tensor(render_batch(scenes, cfg["image_size"])))
+        assert x.shape == expected.shape and torch.allclose(x, expected, atol=2e-3 * expected.abs().max().item())
+        # the captions are those scenes' own (background prompts name the background)
+        assert len(captions) == len(mismatched) == 6
+        if step < 3:
+            assert all(f"{s.scene.background} background" in c for s, c in zip(scenes, captions))
+    assert len(list(tmp_path.glob("latents-vae-*.pt"))) == 2  # one file per mix
+    again = gan.LatentPools(vae, cfg, tmp_path, "vae")
+    assert torch.equal(again.get(mix[3])[1], pools.get(mix[3])[1])
+
+
+def test_cache_without_a_vae_is_refused(text_encoder_dir, tmp_path):
+    with pytest.raises(UserError, match="cache_size caches VAE latents"):
+        gan.train(tiny_config(text_encoder_dir, cache_size=8), out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
 
 
 def test_translation_keeps_flat_backgrounds_and_moves_content():

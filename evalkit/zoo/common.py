@@ -20,7 +20,7 @@ import yaml
 from ..errors import UserError
 from ..shapes.render import render
 from ..shapes.world import BACKGROUNDS, Sample, sample
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, progress
 from . import TRAIN_DIR, ZOO_DIR
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "zoo"
@@ -118,6 +118,30 @@ def cached_tensors(path: Path, build: Any) -> Any:
     torch.save(data, tmp)
     tmp.replace(path)
     return data
+
+
+def mix_id(categories: dict[str, float] | None) -> str:
+    """A short stable name for a category mix (cache file names)."""
+    return hashlib.sha256(json.dumps(categories, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def latent_cache(
+    vae, work: Path, vae_id: str, n: int, seed: int, image_size: int, categories: dict[str, float] | None = None
+) -> torch.Tensor:
+    """Unscaled posterior means (float16) of training samples ``0 .. n-1`` of the seeded stream (of a category
+    mix), built once per VAE under ``work``: encoding renders would otherwise dominate a latent trainer's step."""
+    samples = sample(n, seed=seed, split="train", categories=categories)
+
+    @torch.inference_mode()
+    def build() -> torch.Tensor:
+        chunks = []
+        for start in progress(range(0, n, 256), desc="encoding latents", total=(n + 255) // 256):
+            x = images_to_tensor(render_batch(samples[start : start + 256], image_size))
+            chunks.append(vae.encode(x).latent_dist.mode().to(torch.float16))
+        return torch.cat(chunks)
+
+    mix = f"-{mix_id(categories)}" if categories else ""
+    return cached_tensors(work / f"latents-{vae_id}-{seed}-{n}-{image_size}{mix}.pt", build)
 
 
 def foreground_weights(x: torch.Tensor, backgrounds: list[str], weight: float) -> torch.Tensor:

@@ -48,6 +48,7 @@ from .common import (
     fingerprint,
     foreground_mask,
     images_to_tensor,
+    latent_cache,
     load_checkpoint,
     render_batch,
     resolve,
@@ -148,22 +149,6 @@ def frozen_parts(cfg: dict[str, Any]):
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     return vae, text_encoder, tok, {"vae": fingerprint(vae_dir), "text_encoder": fingerprint(te_dir)}
-
-
-def latent_cache(vae, cfg: dict[str, Any], work: Path, vae_id: str) -> torch.Tensor:
-    """Unscaled posterior means of training samples ``0 .. cache_size-1`` (float16), built once per VAE."""
-    n = cfg["cache_size"]
-
-    @torch.inference_mode()
-    def build() -> torch.Tensor:
-        chunks = []
-        for start in progress(range(0, n, 256), desc="encoding latents", total=(n + 255) // 256):
-            samples = sample(min(256, n - start), seed=cfg["seed"], split="train", start=start)
-            x = images_to_tensor(render_batch(samples, cfg["image_size"]))
-            chunks.append(vae.encode(x).latent_dist.mode().to(torch.float16))
-        return torch.cat(chunks)
-
-    return cached_tensors(work / f"latents-{vae_id}-{cfg['seed']}-{n}-{cfg['image_size']}.pt", build)
 
 
 def foreground_cache(cfg: dict[str, Any], work: Path, latent_size: int) -> torch.Tensor:
@@ -299,7 +284,7 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         start, cpu = ckpt["step"], ckpt["cpu_s"]
         print(f"resumed at step {start}", flush=True)
     log = TrainLog(work, cpu)
-    latents = latent_cache(vae, cfg, work, ids["vae"])
+    latents = latent_cache(vae, work, ids["vae"], cfg["cache_size"], cfg["seed"], cfg["image_size"])
     pool = [(s.spec, s.scene) for s in sample(cfg["cache_size"], seed=cfg["seed"], split="train")]
     one_object_rows = torch.tensor([i for i, (_, scene) in enumerate(pool) if len(scene.objects) == 1])
     fg_weight = float(cfg.get("foreground_weight", 1.0))

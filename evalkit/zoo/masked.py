@@ -14,7 +14,6 @@ and the same text encoder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from .common import (
     generate_params,
     load_checkpoint,
     load_config,
+    mix_id,
     render_batch,
     resolve,
     save_checkpoint,
@@ -95,8 +95,7 @@ def token_cache(cfg: dict[str, Any], vq: VQModel, work: Path, vq_id: str) -> Tok
     """Built once per (VQ model, seed, size, category mix) under ``work``; later runs load it."""
     n, mix = cfg["cache_size"], cfg.get("categories")
     samples = sample(n, seed=cfg["seed"], split="train", categories=mix)
-    mix_id = hashlib.sha256(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:8]
-    path = work / f"tokens-{vq_id}-{cfg['seed']}-{n}-{mix_id}.pt"
+    path = work / f"tokens-{vq_id}-{cfg['seed']}-{n}-{mix_id(mix)}.pt"
 
     def build() -> dict[str, torch.Tensor]:
         tokens, masks = [], []
