@@ -296,7 +296,9 @@ def test_cached_latents_are_the_captioned_scenes(text_encoder_dir, tmp_path):
 
 def test_cache_without_a_vae_is_refused(text_encoder_dir, tmp_path):
     with pytest.raises(UserError, match="cache_size caches VAE latents"):
-        gan.train(tiny_config(text_encoder_dir, cache_size=8), out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w"))
+        gan.train(
+            tiny_config(text_encoder_dir, cache_size=8), out_dir=str(tmp_path / "o"), work_dir=str(tmp_path / "w")
+        )
 
 
 def test_translation_keeps_flat_backgrounds_and_moves_content():
