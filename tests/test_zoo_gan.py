@@ -62,7 +62,7 @@ def tiny_config(text_encoder_dir: Path, **over) -> dict:
     cfg.update(
         text_encoder=str(text_encoder_dir), image_size=32, steps=3, batch_size=4, noise_dim=8,
         g_channels=[32, 16, 16, 8], d_channels=[8, 16, 16, 16], warmup=1, gp_every=2, log_every=1,
-        checkpoint_every=1, eval_every=0, final_eval_n=0, latent_vae=None, categories=None,
+        checkpoint_every=1, eval_every=0, final_eval_n=0, latent_vae=None, categories=None, cache_size=None,
     )  # fmt: skip
     cfg.update(over)
     return cfg
