@@ -127,9 +127,9 @@ def mix_id(categories: dict[str, float] | None) -> str:
 
 def latent_cache(
     vae, work: Path, vae_id: str, n: int, seed: int, image_size: int, categories: dict[str, float] | None = None
-) -> torch.Tensor:
-    """Unscaled posterior means (float16) of training samples ``0 .. n-1`` of the seeded stream (of a category
-    mix), built once per VAE under ``work``: encoding renders would otherwise dominate a latent trainer's step."""
+) -> tuple[list[Sample], torch.Tensor]:
+    """Training samples ``0 .. n-1`` of the seeded stream (of a category mix) and their unscaled posterior means
+    (float16), encoded once per VAE under ``work``: encoding renders would otherwise dominate a latent trainer's step."""
     samples = sample(n, seed=seed, split="train", categories=categories)
 
     @torch.inference_mode()
@@ -141,7 +141,7 @@ def latent_cache(
         return torch.cat(chunks)
 
     mix = f"-{mix_id(categories)}" if categories else ""
-    return cached_tensors(work / f"latents-{vae_id}-{seed}-{n}-{image_size}{mix}.pt", build)
+    return samples, cached_tensors(work / f"latents-{vae_id}-{seed}-{n}-{image_size}{mix}.pt", build)
 
 
 def foreground_weights(x: torch.Tensor, backgrounds: list[str], weight: float) -> torch.Tensor:

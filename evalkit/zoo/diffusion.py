@@ -284,8 +284,8 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         start, cpu = ckpt["step"], ckpt["cpu_s"]
         print(f"resumed at step {start}", flush=True)
     log = TrainLog(work, cpu)
-    latents = latent_cache(vae, work, ids["vae"], cfg["cache_size"], cfg["seed"], cfg["image_size"])
-    pool = [(s.spec, s.scene) for s in sample(cfg["cache_size"], seed=cfg["seed"], split="train")]
+    samples, latents = latent_cache(vae, work, ids["vae"], cfg["cache_size"], cfg["seed"], cfg["image_size"])
+    pool = [(s.spec, s.scene) for s in samples]
     one_object_rows = torch.tensor([i for i, (_, scene) in enumerate(pool) if len(scene.objects) == 1])
     fg_weight = float(cfg.get("foreground_weight", 1.0))
     fg = foreground_cache(cfg, work, latents.shape[-1]) if fg_weight != 1.0 else None

@@ -85,9 +85,9 @@ class LatentPools:
         """(samples, their scaled latents in float16) of the pool of ``categories``."""
         key = mix_id(categories)
         if key not in self._pools:
-            cfg, n = self.cfg, self.cfg["cache_size"]
-            samples = sample(n, seed=cfg["seed"], split="train", categories=categories)
-            raw = latent_cache(self.vae, self.work, self.vae_id, n, cfg["seed"], cfg["image_size"], categories)
+            cfg = self.cfg
+            samples, raw = latent_cache(self.vae, self.work, self.vae_id, cfg["cache_size"], cfg["seed"],
+                                        cfg["image_size"], categories)  # fmt: skip
             self._pools[key] = samples, raw * self.vae.config.scaling_factor
         return self._pools[key]
 
