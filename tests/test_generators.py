@@ -63,6 +63,7 @@ def test_dir_loads_stable_diffusion_with_metadata(sd, tiny_sd_dir):
     assert load(f"dir:{tiny_sd_dir}") is sd  # cached: loading is the slow part
     with pytest.raises(UserError, match="does not take 'strength'"):
         sd.resolve_params(strength=0.5)
+    assert sd.applicable({"steps": 3, "size": 48, "strength": 0.5}) == ({"steps": 3, "size": 48}, ["strength"])
 
 
 def test_nfe_counts_cfg_as_two_passes_and_matches_the_measured_count(sd):
@@ -120,6 +121,8 @@ def test_custom_gan_pipeline_loads_from_its_component_module(tmp_path):
     assert g.num_parameters == sum(p.numel() for p in g.pipe.generator.parameters())
     with pytest.raises(UserError, match="does not take 'steps'"):
         g.generate(PROMPTS, [0, 1], steps=4)
+    assert not g.takes("steps") and not g.takes("size")  # one-shot, fixed size: a shared setting skips it
+    assert g.applicable({"steps": 4, "size": 32}) == ({}, ["steps", "size"])
     out = g.generate(PROMPTS, [0, 1])
     assert out.nfe == [1, 1] and g.nfe() == 1
     assert png_bytes(g.generate(PROMPTS[1:], [1]).images[0]) == png_bytes(out.images[1])

@@ -18,6 +18,7 @@ from PIL import Image
 from ui_server import GEN_PARAMS, running_app, tiny_generators
 
 from evalkit.errors import UserError
+from evalkit.generators.testing import save_toy_gan
 from evalkit.results import ResultsDB
 from evalkit.ui import models as ui_models
 from evalkit.ui.compare_tab import shapes_examples
@@ -43,8 +44,8 @@ def client(app):
     return Client(app.url, auth=AUTH, verbose=False, download_files=str(app.tmp / "downloads"))
 
 
-def compare(c, app, prompt: str, seed: int = 0):
-    return c.predict(prompt, seed, app.generators, "", GEN_PARAMS["steps"], GEN_PARAMS["size"], api_name="/compare")
+def compare(c, app, prompt: str, seed: int = 0, typed: str = ""):
+    return c.predict(prompt, seed, app.generators, typed, GEN_PARAMS["steps"], GEN_PARAMS["size"], api_name="/compare")
 
 
 def personalize(c, files, token="<s*>", class_word="square", method="lora", steps=20, model=None, typed="",
@@ -114,6 +115,13 @@ def test_compare_every_generator_side_by_side(app):
     assert all(np.array_equal(a, np.asarray(Image.open(g["image"]))) for a, g in zip(first, again))
     _, table, _ = compare(c, app, "a cat on a sofa", seed=3)
     assert all(r[3].startswith("n/a") for r in table["data"])  # outside the shapes world: no verdict
+
+
+def test_compare_leaves_a_one_shot_gan_at_its_own_settings(app, tmp_path):
+    gan = f"dir:{save_toy_gan(tmp_path / 'toy-gan')}"  # takes neither steps nor size
+    gallery, table, note = compare(client(app), app, "a red circle", typed=gan)
+    assert len(gallery) == 3 and all(r[1] > 0 for r in table["data"]), table
+    assert "toy-gan takes no steps, size" in note
 
 
 def test_models_stay_loaded_across_requests(app):
@@ -256,7 +264,7 @@ def test_config_rejects_nonsense(tmp_path):
     assert Path(AppConfig(work_dir=tmp_path).work_dir) == tmp_path
 
 
-def test_recipe_files_become_runs_with_the_servers_extractor(tmp_path):
+def test_recipe_files_become_runs_with_the_servers_extractor(tmp_path, tiny_sd_dir):
     from evalkit.ui.context import UiContext
     from evalkit.ui.evaluate_tab import build_recipe, recipe_files
 
@@ -270,8 +278,10 @@ def test_recipe_files_become_runs_with_the_servers_extractor(tmp_path):
     assert recipe_files(recipes) == ["mine.yaml"]
     kept = build_recipe(ctx, [], "mine.yaml", "", 1, [])
     assert [g.spec for g in kept.generators] == ["zoo/diffusion"] and kept.extractors == ["judge:X"]
-    swapped = build_recipe(ctx, ["dir:/m/tiny"], "mine.yaml", "", 1, [], steps=2)
-    assert [(g.spec, g.label, g.params) for g in swapped.generators] == [("dir:/m/tiny", "tiny", {"steps": 2})]
+    gan = f"dir:{save_toy_gan(tmp_path / 'toy-gan')}"
+    swapped = build_recipe(ctx, [f"dir:{tiny_sd_dir}", gan], "mine.yaml", "", 1, [], steps=2)
+    # the form's steps reach the generators that take steps; the one-shot GAN keeps its own settings
+    assert [(g.label, g.params) for g in swapped.generators] == [(tiny_sd_dir.name, {"steps": 2}), ("toy-gan", {})]
     assert swapped.out_dir == tmp_path / "runs" / f"mine-{swapped.content_hash()[:10]}" != kept.out_dir
     with pytest.raises(UserError, match="unknown recipe"):
         build_recipe(ctx, [], "../mine.yaml", "", 1, [])

@@ -138,6 +138,16 @@ class Generator(abc.ABC):
         """Defaults overridden by ``params`` (``size`` expands to height and width); raises on unknown ones."""
         return {**self.default_params(), **normalize_params(params)}
 
+    def takes(self, param: str) -> bool:
+        """Whether the generic ``param`` (``steps``, ``size``, ...) applies to this generator at all."""
+        return True
+
+    def applicable(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """(the params that apply here, the names of those that don't): one setting for many generators,
+        as in the UI's "steps" box, means nothing to a one-shot GAN and must not fail it."""
+        kept = {k: v for k, v in params.items() if self.takes(k)}
+        return kept, [k for k in params if k not in kept]
+
     @abc.abstractmethod
     def nfe(self, **params: Any) -> float | None:
         """Predicted network evaluations per image for these params (None if unknown)."""

@@ -130,6 +130,10 @@ class PipelineGenerator(Generator):
     def _takes(self, arg: str) -> bool:
         return arg in self._args
 
+    def takes(self, param: str) -> bool:
+        arg = PARAM_ARGS.get("height" if param == "size" else param, param)
+        return arg not in _RESERVED and self._takes(arg)
+
     def _pipeline_defaults(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for generic in ("steps", "guidance"):
@@ -146,8 +150,7 @@ class PipelineGenerator(Generator):
     def resolve_params(self, **params: Any) -> dict[str, Any]:
         resolved = super().resolve_params(**params)
         for key in resolved:
-            arg = PARAM_ARGS.get(key, key)
-            if arg in _RESERVED or not self._takes(arg):
+            if not self.takes(key):
                 takes = sorted(g for g, a in PARAM_ARGS.items() if self._takes(a))
                 raise UserError(
                     f"generator {self.name} ({type(self.pipe).__name__}) does not take {key!r}; "

@@ -68,13 +68,16 @@ def compare(
     except UserError as e:
         extractor, text, note = None, None, f"No CLIP score: {e}"
     taken: set[str] = set()
-    out = []
+    out, unused = [], []
     for gen_spec in specs:
         label = short_label(gen_spec, taken)
         try:
             gen = ctx.models.generator(gen_spec)
+            kept, ignored = gen.applicable(params)
+            if ignored:
+                unused.append(f"{label} takes no {', '.join(ignored)}")
             with ctx.models.using([gen_spec]):
-                result = gen.generate([prompt], [int(seed)], **params)
+                result = gen.generate([prompt], [int(seed)], **kept)
         except Exception as e:  # one generator failing (bad size, missing model) must not hide the others
             out.append(Comparison(label, None, None, None, "", error=f"error: {e}"))
             continue
@@ -83,6 +86,8 @@ def compare(
         if extractor is not None:
             clip = float(clip_score_per_sample(extractor.encode_images([image])["image"], text)[0])
         out.append(Comparison(label, image, result.seconds[0], clip, oracle_verdict(image, spec)))
+    if unused:
+        note += " Settings left at the model's own: " + "; ".join(unused) + "."
     return out, note
 
 

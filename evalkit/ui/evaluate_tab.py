@@ -46,6 +46,11 @@ def _params(steps: float | None, size: float | None) -> dict[str, int]:
     return {k: int(v) for k, v in (("steps", steps), ("size", size)) if v and v > 0}
 
 
+def _generator_entries(ctx: UiContext, specs: list[str], params: dict[str, int]) -> list[dict]:
+    taken: set[str] = set()
+    return [{"spec": s, "name": short_label(s, taken), "params": ctx.models.params_for(s, params)} for s in specs]
+
+
 def build_recipe(
     ctx: UiContext,
     specs: list[str],
@@ -67,17 +72,15 @@ def build_recipe(
             raise UserError(f"unknown recipe {recipe_file!r}")
         data = load_recipe(path).model_dump()
         if specs:
-            taken: set[str] = set()
-            data["generators"] = [{"spec": s, "name": short_label(s, taken), "params": params} for s in specs]
+            data["generators"] = _generator_entries(ctx, specs, params)
         data["extractors"] = [cfg.extractor if e == "judge" else e for e in data["extractors"]]
     else:
         if not specs:
             raise UserError("choose at least one generator")
-        taken = set()
         data = {
             "name": name.strip() or "ui",
             "prompts": prompts.strip(),
-            "generators": [{"spec": s, "name": short_label(s, taken), "params": params} for s in specs],
+            "generators": _generator_entries(ctx, specs, params),
             "metrics": list(metrics or []),
             "extractors": [cfg.extractor],
             "images_per_prompt": int(images_per_prompt or 1),

@@ -88,6 +88,10 @@ class ModelCache:
         with self.lock(f"load:{spec}"):  # two requests for one model load it once
             return load(spec)
 
+    def params_for(self, spec: str, params: dict[str, int]) -> dict[str, int]:
+        """The form's shared settings that apply to ``spec`` (a GAN has no steps); loads it only if any are set."""
+        return self.generator(spec).applicable(params)[0] if params else {}
+
     def extractor(self, spec: str) -> FeatureExtractor:
         with self.lock(f"extractor:{spec}"):
             if spec not in self._extractors:
