@@ -82,6 +82,29 @@ def test_evaluation_of_two_generators_end_to_end_with_scores(app):
     assert table["headers"] == ["generator", "clip ↑ [counting]"]
 
 
+def test_evaluation_of_the_committed_zoo_generators(app):
+    """The embedded default end to end: an N-step and a one-shot zoo generator × 4 shapes prompts."""
+    zoo = ui_models.zoo_generators()
+    assert {"zoo/diffusion", "zoo/gan"} <= set(zoo), zoo  # committed weights (zoo/README.md)
+    status, gallery, scores = client(app).predict(["zoo/diffusion", "zoo/gan"], "", FORM, "shapes:4:0:test", 1,
+                                                  ["clip", "oracle", "speed"], 8, 0, "", "ui-zoo",
+                                                  api_name="/evaluate")  # fmt: skip
+    assert status.startswith("**Done**"), status
+    assert len(gallery) == 2 * 4 and all(Image.open(g["image"]).size == (64, 64) for g in gallery)
+    rows = {(r[0], r[1]): r for r in scores["data"]}
+    assert {g for g, _ in rows} == {"diffusion", "gan"}
+    for g in ("diffusion", "gan"):
+        value, lo, hi, n = rows[(g, "clip")][2:]
+        assert 0 <= lo <= value <= hi <= 100 and n == 4
+        assert rows[(g, "oracle")][5] == 4
+    # the form's 8 steps reached diffusion and left the GAN at its one pass
+    with ResultsDB(app.tmp / "results.db") as db:
+        (run,) = db.runs("ui-zoo")
+        nfe = {r.generator: r.value for r in db.results(run.run_id) if r.metric == "nfe"}
+    diffusion = app.ctx.models.generator("zoo/diffusion")
+    assert nfe == {"diffusion": diffusion.nfe(steps=8), "gan": 1} and diffusion.nfe() != nfe["diffusion"], nfe
+
+
 def test_evaluation_problems_are_answered_with_a_message(app):
     c = client(app)
 
