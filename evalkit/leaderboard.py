@@ -87,13 +87,16 @@ def win_rates(table: dict[str, dict[str, float]], directions: dict[str, bool]) -
 
 def latest_run_ids(db: ResultsDB, recipe: str | None = None) -> list[str]:
     """The newest finished (else newest) run of each recipe, or of the one named."""
+    runs = db.runs(recipe)  # oldest first
     latest: dict[str, str] = {}
     done: dict[str, str] = {}
-    for run in db.runs(recipe):  # oldest first
+    for run in runs:
         latest[run.recipe_name] = run.run_id
         if run.status == "done":
             done[run.recipe_name] = run.run_id
-    return [done.get(name, run_id) for name, run_id in latest.items()]
+    chosen = {done.get(name, run_id) for name, run_id in latest.items()}
+    # oldest first, so where two recipes share a generator label and a column the newer run's cell wins
+    return [run.run_id for run in runs if run.run_id in chosen]
 
 
 def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = None) -> Leaderboard:

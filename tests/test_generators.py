@@ -318,6 +318,7 @@ def test_folder_generator_serves_the_stored_images(sd, tmp_path):
         g.generate([prompts[0], "a green triangle", prompts[1]], [seeds[0], 1, 999])
     with pytest.raises(UserError, match="with params"):
         g.generate(prompts[:1], seeds[:1], steps=3)
+    assert g.applicable({"steps": 3, "size": 48}) == ({}, ["steps", "size"])  # a shared setting makes no image
     # a bare folder path is recognized by its manifest
     assert load(str(tmp_path / "imgs")).family == "folder"
 

@@ -168,6 +168,18 @@ def test_latest_run_is_the_newest_finished_else_the_newest():
     assert leaderboard.latest_run_ids(db) == [v2]
 
 
+def test_across_recipes_the_newest_run_wins_a_shared_cell():
+    db = ResultsDB(":memory:")
+    a1 = db.start_run("a", "h", {}, [0]).run_id
+    b1 = db.start_run("b", "g", {}, [0]).run_id
+    a2 = db.start_run("a", "h", {}, [0], new_version=True).run_id
+    for rid, value in ((a1, 0.1), (b1, 0.2), (a2, 0.9)):
+        db.add_results(rid, [Result("gan", "shapes", "oracle", value, 200)])
+        db.finish_run(rid)
+    assert leaderboard.latest_run_ids(db) == [b1, a2]  # in the order they started
+    assert leaderboard.build(db).cells[("gan", "oracle")].value == 0.9
+
+
 def test_results_are_never_overwritten_silently():
     db = ResultsDB(":memory:")
     rid = db.start_run("r", "h", {}, [0]).run_id

@@ -78,6 +78,9 @@ def test_evaluation_of_two_generators_end_to_end_with_scores(app):
     assert {r[0] for r in table["data"]} == labels and "win rate" in table["headers"]
     assert any(h.startswith("clip ↑") for h in table["headers"]) and "Runs:" in note
     assert Image.open(plot).width > 400  # the quality-versus-speed plot
+    table, _, _ = c.predict("ui-test", ["clip"], "overall", None, api_name="/leaderboard")
+    by_clip = sorted(table["data"], key=lambda r: -r[2])  # columns: generator, win rate, clip, clip CI
+    assert [r[1] for r in by_clip] == [1.0, 0.0]  # filtered to clip, the win rate is clip's alone
     table, _, _ = c.predict("ui-test", ["clip"], "counting", None, api_name="/leaderboard")
     assert table["headers"] == ["generator", "clip ↑ [counting]"]
 
@@ -143,8 +146,25 @@ def test_compare_every_generator_side_by_side(app):
 def test_compare_leaves_a_one_shot_gan_at_its_own_settings(app, tmp_path):
     gan = f"dir:{save_toy_gan(tmp_path / 'toy-gan')}"  # takes neither steps nor size
     gallery, table, note = compare(client(app), app, "a red circle", typed=gan)
-    assert len(gallery) == 3 and all(r[1] > 0 for r in table["data"]), table
+    assert len(gallery) == 3 and all(r[1] is not None and r[1] >= 0 for r in table["data"]), table  # all timed
     assert "toy-gan takes no steps, size" in note
+
+
+def test_one_pipeline_has_one_lock_whatever_its_spelling(app):
+    spec = app.generators[0]
+    models = app.ctx.models
+    assert models.generator(spec + "/") is models.generator(spec)
+
+    def other_job() -> None:
+        with models.using([spec + "/"]):
+            pass
+
+    with ThreadPoolExecutor(1) as pool:
+        with models.using([spec]):  # another job on the same folder spelled with a trailing slash must wait
+            waiting = pool.submit(other_job)
+            time.sleep(0.3)
+            assert not waiting.done()
+        waiting.result(timeout=10)
 
 
 def test_models_stay_loaded_across_requests(app):
@@ -262,6 +282,23 @@ def test_generator_list_without_and_with_a_zoo(tmp_path, monkeypatch):
         "gan-2",
         "sd",
     ]
+
+
+def test_a_closed_tab_keeps_its_folder_until_its_job_ends(tmp_path):
+    from types import SimpleNamespace
+
+    from evalkit.ui.context import UiContext
+
+    ctx = UiContext(AppConfig(work_dir=tmp_path))
+    request = SimpleNamespace(session_hash="abc")
+    with ctx.session_job(request) as folder:
+        (folder / "run").mkdir(parents=True)
+        ctx.forget_session(request)  # the tab closes while a training writes here
+        assert (folder / "run").is_dir()
+    assert not folder.exists()  # removed when the job ended
+    assert ctx.session(request) == folder and folder.is_dir()  # the session comes back
+    ctx.forget_session(request)  # no job running: removed at once
+    assert not folder.exists()
 
 
 def test_uploads_are_sanitized_and_checked(tmp_path):

@@ -67,6 +67,9 @@ class FolderGenerator(Generator):
     def resolve_params(self, **params: Any) -> dict[str, Any]:
         return {**self.default_params(), **normalize_params(params)}
 
+    def takes(self, param: str) -> bool:
+        return False  # the images exist already: params only pick among them, a shared setting makes none
+
     def nfe(self, **params: Any) -> float | None:
         value = _common(self.rows, "nfe")
         return value if isinstance(value, int | float) else None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,9 @@ class UiContext:
     config: AppConfig
     models: ModelCache = field(default_factory=ModelCache)
     cache_dir: Path | None = None  # feature cache root (default: the CLI's, $EVALKIT_CACHE)
+    _jobs: dict[Path, int] = field(default_factory=dict, init=False, repr=False)  # running jobs per session
+    _closed: set[Path] = field(default_factory=set, init=False, repr=False)  # closed while a job ran
+    _jobs_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def feature_cache(self) -> FeatureCache:
         return FeatureCache(self.cache_dir) if self.cache_dir else FeatureCache()
@@ -28,9 +34,34 @@ class UiContext:
         """This browser session's own folder (``request`` is the handler's ``gr.Request``)."""
         return session_dir(self.config.work_dir, getattr(request, "session_hash", None))
 
+    @contextmanager
+    def session_job(self, request) -> Iterator[Path]:
+        """The session's folder for one job; a tab closed meanwhile has its folder removed when the job ends,
+        not under a training that is still writing to it."""
+        path = self.session(request)
+        with self._jobs_lock:
+            self._jobs[path] = self._jobs.get(path, 0) + 1
+        try:
+            yield path
+        finally:
+            with self._jobs_lock:
+                self._jobs[path] -= 1
+                last = self._jobs[path] == 0
+                if last:
+                    del self._jobs[path]
+                remove = last and path in self._closed
+                if remove:
+                    self._closed.discard(path)
+            if remove:
+                shutil.rmtree(path, ignore_errors=True)
+
     def forget_session(self, request) -> None:
-        """Delete a closed session's uploads and trainings."""
-        path = session_dir(self.config.work_dir, getattr(request, "session_hash", None))
+        """Delete a closed session's uploads and trainings (once its running jobs end)."""
+        path = self.session(request)
+        with self._jobs_lock:
+            if self._jobs.get(path):
+                self._closed.add(path)
+                return
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -146,9 +146,7 @@ def run_evaluation(
         extractors = {}
         if set(recipe.metrics) & set(FEATURE_METRICS):
             extractors = {spec: ctx.models.extractor(spec) for spec in recipe.extractors}
-        with ctx.models.using(all_specs):
-            for spec in all_specs:
-                ctx.models.generator(spec)  # a missing model stops here with what to download
+        with ctx.models.using(all_specs):  # loads each: a missing model stops here with what to download
             report = run(recipe, db_path=ctx.config.db, cache=ctx.feature_cache(), on_stage=lambda stage: None,
                          loaded_extractors=extractors)  # fmt: skip
     except UserError as e:

@@ -17,7 +17,7 @@ from .. import report as rpt
 from ..errors import UserError
 from ..plots import PlotPoint, pareto_plot
 from ..results import ResultsDB
-from .context import UiContext, problem
+from .context import UiContext, failure, problem
 
 ALL_RECIPES = "all recipes (latest run of each)"
 OVERALL = "overall"
@@ -74,9 +74,14 @@ def table(
         types += ["number", "str"]
     head += [_column(lb, m) for m in speed]
     types += ["number"] * len(speed)
+    win_rate = lb.win_rate
+    if metrics:  # the win rate over the metrics shown, not over the whole board
+        kept = {m: {g: r.value for (g, c), r in lb.cells.items() if c == m and r.value is not None} for m in quality
+                if lbm.base_metric(m) in lbm.DIRECTIONS}  # fmt: skip
+        win_rate = lbm.win_rates(kept, {m: lbm.direction(m) for m in kept})
     body = []
     for g in lb.generators:
-        row: list[Any] = [g, _num(lb.win_rate.get(g))]
+        row: list[Any] = [g, _num(win_rate.get(g))]
         for m in quality:
             r = lb.cells.get((g, m))
             row += [_num(r.value) if r else None, f"[{r.ci[0]:.4g}, {r.ci[1]:.4g}]" if r and r.ci else ""]
@@ -113,22 +118,25 @@ def plot(rdb: ResultsDB, lb: lbm.Leaderboard, metric: str | None) -> Image.Image
 def view(ctx: UiContext, recipe: str | None, metrics: list[str] | None, category: str | None,
          plot_metric: str | None) -> tuple[Any, Image.Image | None, str]:  # fmt: skip
     """(table, plot, note) for the filters chosen."""
+    empty = pd.DataFrame({"generator": []})
     try:
         with _open(ctx.config.db) as rdb:
             lb = lbm.build(rdb, None if not recipe or recipe == ALL_RECIPES else recipe)
             if not lb.generators:
                 raise UserError(f"no results in {ctx.config.db}" + (f" for recipe {recipe!r}" if recipe else ""))
             image = plot(rdb, lb, plot_metric)
+        head, body, types = table(lb, metrics, category or OVERALL)
+        frame = pd.DataFrame(body, columns=head)
+        for name, kind in zip(head, types):  # numbers stay numbers (missing: NaN), so sorting is by value
+            if kind == "number":
+                frame[name] = pd.to_numeric(frame[name])
     except UserError as e:
-        return pd.DataFrame({"generator": []}), None, problem(e)
-    head, body, types = table(lb, metrics, category or OVERALL)
+        return empty, None, problem(e)
+    except Exception as e:  # a locked or damaged database, a plot that fails: say so, keep serving
+        return empty, None, failure(e)
     note = f"Runs: {', '.join(f'`{r}`' for r in lb.run_ids)}. Click a column header to sort."
     if lb.validity:
         note += "\n\n" + lbm.validity_note(lb)
-    frame = pd.DataFrame(body, columns=head)
-    for name, kind in zip(head, types):  # numbers stay numbers (missing: NaN), so sorting is by value
-        if kind == "number":
-            frame[name] = pd.to_numeric(frame[name])
     return frame, image, note
 
 

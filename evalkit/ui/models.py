@@ -78,10 +78,13 @@ class ModelCache:
 
     @contextmanager
     def using(self, specs: Iterable[str]) -> Iterator[None]:
-        """Hold the locks of several models (taken in sorted order, so two jobs never wait on each other)."""
+        """Hold the locks of several models for a job. A lock belongs to the loaded model, not to its spec
+        (``dir:/m/sd`` and ``dir:/m/sd/`` are one pipeline), and locks are taken in one global order, so two
+        jobs may wait for each other but never deadlock."""
+        keys = sorted({id(self.generator(spec)) for spec in specs})
         with ExitStack() as stack:
-            for spec in sorted(set(specs)):
-                stack.enter_context(self.lock(f"generator:{spec}"))
+            for key in keys:
+                stack.enter_context(self.lock(f"generator:{key}"))
             yield
 
     def generator(self, spec: str) -> Generator:

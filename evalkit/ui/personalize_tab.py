@@ -101,6 +101,13 @@ def personalize(ctx: UiContext, files: list | None, token: str, class_word: str,
                 model: str | None, typed_model: str, sample_steps: float | None,
                 request: Any = None) -> tuple[str, list[tuple[str, str]], dict[str, Any], str | None]:  # fmt: skip
     """Validate, train, evaluate: (status Markdown, before/after gallery, subject metrics, weights zip)."""
+    with ctx.session_job(request) as session:
+        return _personalize(ctx, session, files, token, class_word, method, steps, model, typed_model, sample_steps)
+
+
+def _personalize(ctx: UiContext, session: Path, files: list | None, token: str, class_word: str, method: str,
+                 steps: float, model: str | None, typed_model: str,
+                 sample_steps: float | None) -> tuple[str, list[tuple[str, str]], dict[str, Any], str | None]:  # fmt: skip
     from personalize.config import TrainConfig, check_token_text
     from personalize.evaluation import evaluate
     from personalize.prompts import DEFAULT_PROMPTS
@@ -117,7 +124,7 @@ def personalize(ctx: UiContext, files: list | None, token: str, class_word: str,
                             "pipeline or hf:ORG/NAME")  # fmt: skip
         if not steps or steps < 1:
             raise UserError("steps must be at least 1")
-        job = new_job_dir(ctx.session(request), "personalize")
+        job = new_job_dir(session, "personalize")
         stored = store_images(files, job / "images", max_images=ctx.config.max_images, max_mb=ctx.config.max_upload_mb)
         cfg = TrainConfig(method=method, images=str(job / "images"), out=str(job / "run"), token=token,
                           class_word=class_word, model=spec, steps=int(steps), validation_every=0,
@@ -129,20 +136,24 @@ def personalize(ctx: UiContext, files: list | None, token: str, class_word: str,
         return problem(e), [], empty, None
     except Exception as e:  # e.g. a model the methods cannot train: say so, keep serving
         return failure(e), [], empty, None
-    zipped = weights_zip(result.run_dir, result.weights, job / f"weights-{method}.zip")
-    status = (f"**Trained** {method} for {result.steps} steps on {len(stored)} images in {result.seconds:.1f} s "
-              f"(final loss {result.final_loss:.4f}). Use the token `{token}` in prompts.")  # fmt: skip
+    loss = "" if result.final_loss is None else f" (final loss {result.final_loss:.4f})"
+    status = (f"**Trained** {method} for {result.steps} steps on {len(stored)} images in {result.seconds:.1f} s"
+              f"{loss}. Use the token `{token}` in prompts.")  # fmt: skip
+    try:
+        zipped = weights_zip(result.run_dir, result.weights, job / f"weights-{method}.zip")
+    except Exception as e:  # e.g. a full disk: say so rather than lose the status of a finished training
+        return status + f"\n\nNo download: {failure(e)}", _samples(result.samples), empty, None
     try:
         figs = evaluate(str(result.run_dir), str(job / "images"), model=spec, token=token, class_word=class_word,
                         prompts=[DEFAULT_PROMPTS[i] for i in PROMPT_INDICES], n_per_prompt=1,
                         extractor=ctx.config.extractor, dino=_pick_dino(ctx), db=str(ctx.config.db),
                         out=str(job / "evaluation"), sample_steps=cfg.sample_steps)  # fmt: skip
+        gallery, rows = _before_after(job / "evaluation"), metric_rows(figs["figures"])
     except Exception as e:  # the weights are good either way: hand them over
         why = str(e) if isinstance(e, UserError) else failure(e)
         return status + f"\n\nNo subject metrics: {why}", _samples(result.samples), empty, str(zipped)
     status += f" Subject metrics stored as run `{figs.get('run_id')}`."
-    gallery = _before_after(job / "evaluation")
-    return status, gallery, {"headers": METRIC_HEADERS, "data": metric_rows(figs["figures"])}, str(zipped)
+    return status, gallery, {"headers": METRIC_HEADERS, "data": rows}, str(zipped)
 
 
 def build(ctx: UiContext) -> None:
