@@ -85,6 +85,14 @@ def win_rates(table: dict[str, dict[str, float]], directions: dict[str, bool]) -
     return {g: sum(s) / len(s) if s else float("nan") for g, s in scores.items()}
 
 
+def quality_table(
+    cells: dict[tuple[str, str], Result], generators: list[str], metrics: list[str]
+) -> dict[str, dict[str, float]]:
+    """Metric → generator → value, for the ranked quality metrics among ``metrics`` (what win rates are over)."""
+    return {m: {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
+            for m in metrics if base_metric(m) in DIRECTIONS}  # fmt: skip
+
+
 def latest_run_ids(db: ResultsDB, recipe: str | None = None) -> list[str]:
     """The newest finished (else newest) run of each recipe, or of the one named."""
     runs = db.runs(recipe)  # oldest first
@@ -119,8 +127,7 @@ def build(db: ResultsDB, recipe: str | None = None, run_ids: list[str] | None = 
 
     other = sorted(c for c in present if base_metric(c) not in ORDER and base_metric(c) not in SPEED_DIRECTIONS)
     metrics, speed = order(ORDER) + other, order(tuple(SPEED_DIRECTIONS))
-    table = {m: {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}
-             for m in metrics if base_metric(m) in DIRECTIONS}  # fmt: skip
+    table = quality_table(cells, generators, metrics)
     ranks = {(g, m): rk for m, col in table.items() for g, rk in _rank(col, direction(m)).items()}
     for m in speed:
         col = {g: cells[(g, m)].value for g in generators if (g, m) in cells and cells[(g, m)].value is not None}

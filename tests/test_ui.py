@@ -56,20 +56,28 @@ def personalize(c, files, token="<s*>", class_word="square", method="lora", step
                      api_name="/personalize")  # fmt: skip
 
 
+def assert_scored(status: str, gallery: list, scores: dict, size: int) -> dict:
+    """A finished 2 generators × 4 prompts evaluation: its images, and per generator the CLIP score with its
+    bootstrap CI and the oracle, each over 4 images. Returns the scores by (generator, metric)."""
+    assert status.startswith("**Done**"), status
+    assert len(gallery) == 2 * 4 and all(Image.open(g["image"]).size == (size, size) for g in gallery)
+    rows = {(r[0], r[1]): r for r in scores["data"]}
+    for g in {g for g, _ in rows}:
+        value, lo, hi, n = rows[(g, "clip")][2:]
+        assert 0 <= lo <= value <= hi <= 100 and n == 4
+        assert rows[(g, "oracle")][5] == 4
+    return rows
+
+
 def test_evaluation_of_two_generators_end_to_end_with_scores(app):
     c = client(app)
     status, gallery, scores = c.predict(app.generators, "", FORM, "shapes:4:0:test", 1, ["clip", "oracle", "speed"],
                                         GEN_PARAMS["steps"], GEN_PARAMS["size"], "", "ui-test",
                                         api_name="/evaluate")  # fmt: skip
-    assert status.startswith("**Done**"), status
-    assert len(gallery) == 2 * 4 and all(Image.open(g["image"]).size == (32, 32) for g in gallery)
-    rows = {(r[0], r[1]): r for r in scores["data"]}
+    rows = assert_scored(status, gallery, scores, size=32)
     labels = {g for g, _ in rows}
     assert len(labels) == 2 and "tiny-amused" in labels
-    for g in labels:
-        value, lo, hi, n = rows[(g, "clip")][2:]
-        assert 0 <= lo <= value <= hi <= 100 and n == 4  # the CLIP score with its bootstrap CI
-        assert rows[(g, "oracle")][5] == 4 and rows[(g, "images_per_s")][2] > 0
+    assert all(rows[(g, "images_per_s")][2] > 0 for g in labels)
     with ResultsDB(app.tmp / "results.db") as db:  # the same database the CLI's leaderboard reads
         (run,) = db.runs("ui-test")
         assert run.status == "done" and {r.generator for r in db.results(run.run_id)} == labels
@@ -92,14 +100,8 @@ def test_evaluation_of_the_committed_zoo_generators(app):
     status, gallery, scores = client(app).predict(["zoo/diffusion", "zoo/gan"], "", FORM, "shapes:4:0:test", 1,
                                                   ["clip", "oracle", "speed"], 8, 0, "", "ui-zoo",
                                                   api_name="/evaluate")  # fmt: skip
-    assert status.startswith("**Done**"), status
-    assert len(gallery) == 2 * 4 and all(Image.open(g["image"]).size == (64, 64) for g in gallery)
-    rows = {(r[0], r[1]): r for r in scores["data"]}
+    rows = assert_scored(status, gallery, scores, size=64)
     assert {g for g, _ in rows} == {"diffusion", "gan"}
-    for g in ("diffusion", "gan"):
-        value, lo, hi, n = rows[(g, "clip")][2:]
-        assert 0 <= lo <= value <= hi <= 100 and n == 4
-        assert rows[(g, "oracle")][5] == 4
     # the form's 8 steps reached diffusion and left the GAN at its one pass
     with ResultsDB(app.tmp / "results.db") as db:
         (run,) = db.runs("ui-zoo")

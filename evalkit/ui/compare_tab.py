@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..metrics.functional.clip import clip_score_per_sample
 from ..shapes.oracle import check
 from .context import UiContext, failure, problem
-from .models import NO_ZOO_MESSAGE, chosen_specs, short_label, zoo_generators
+from .models import NO_ZOO_MESSAGE, chosen_specs, form_params, short_label, zoo_generators
 
 COMPARE_HEADERS = ["generator", "seconds", "CLIP score", "oracle verdict"]
 
@@ -97,7 +97,7 @@ def run_compare(ctx: UiContext, prompt: str, seed: float, picked: list[str] | No
     empty = {"headers": COMPARE_HEADERS, "data": []}
     try:
         specs = chosen_specs(picked, typed)
-        params = {k: int(v) for k, v in (("steps", steps), ("size", size)) if v and v > 0}
+        params = form_params(steps, size)
         results, note = compare(ctx, prompt, int(seed or 0), specs, params)
     except UserError as e:
         return [], empty, problem(e)

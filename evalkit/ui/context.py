@@ -46,11 +46,10 @@ class UiContext:
         finally:
             with self._jobs_lock:
                 self._jobs[path] -= 1
-                last = self._jobs[path] == 0
-                if last:
+                remove = False
+                if not self._jobs[path]:
                     del self._jobs[path]
-                remove = last and path in self._closed
-                if remove:
+                    remove = path in self._closed
                     self._closed.discard(path)
             if remove:
                 shutil.rmtree(path, ignore_errors=True)

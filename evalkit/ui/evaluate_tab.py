@@ -20,7 +20,7 @@ from ..metric_names import FEATURE_METRICS, RECIPE_METRICS
 from ..recipe import Recipe, _one_line, load_recipe, slug
 from ..runner import run
 from .context import UiContext, failure, problem
-from .models import NO_ZOO_MESSAGE, chosen_specs, short_label, zoo_generators
+from .models import NO_ZOO_MESSAGE, chosen_specs, form_params, short_label, zoo_generators
 
 FORM = "prompt set"  # what the recipe file field means on this tab
 DEFAULT_METRICS = ["clip", "oracle", "speed"]  # none of them needs a reference set
@@ -42,10 +42,6 @@ def recipe_files(recipes_dir: Path) -> list[str]:
     return out
 
 
-def _params(steps: float | None, size: float | None) -> dict[str, int]:
-    return {k: int(v) for k, v in (("steps", steps), ("size", size)) if v and v > 0}
-
-
 def _generator_entries(ctx: UiContext, specs: list[str], params: dict[str, int]) -> list[dict]:
     taken: set[str] = set()
     return [{"spec": s, "name": short_label(s, taken), "params": ctx.models.params_for(s, params)} for s in specs]
@@ -65,7 +61,7 @@ def build_recipe(
 ) -> Recipe:
     """The recipe the form describes; its output folder is keyed by its content hash (two forms never share one)."""
     cfg = ctx.config
-    params = _params(steps, size)
+    params = form_params(steps, size)
     if recipe_file and recipe_file != FORM:
         path = Path(cfg.recipes_dir) / recipe_file
         if path.parent.resolve() != Path(cfg.recipes_dir).resolve():

@@ -76,8 +76,7 @@ def table(
     types += ["number"] * len(speed)
     win_rate = lb.win_rate
     if metrics:  # the win rate over the metrics shown, not over the whole board
-        kept = {m: {g: r.value for (g, c), r in lb.cells.items() if c == m and r.value is not None} for m in quality
-                if lbm.base_metric(m) in lbm.DIRECTIONS}  # fmt: skip
+        kept = lbm.quality_table(lb.cells, lb.generators, quality)
         win_rate = lbm.win_rates(kept, {m: lbm.direction(m) for m in kept})
     body = []
     for g in lb.generators:

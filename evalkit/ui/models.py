@@ -33,6 +33,11 @@ def zoo_generators() -> list[str]:
     return sorted(f"zoo/{p.parent.name}" for p in root.glob("*/model_index.json") if p.parent.name != "judge")
 
 
+def form_params(steps: float | None, size: float | None) -> dict[str, int]:
+    """The forms' shared "steps" and "size" boxes as generic params (0 or empty: each model's own)."""
+    return {k: int(v) for k, v in (("steps", steps), ("size", size)) if v and v > 0}
+
+
 def split_specs(text: str | None) -> list[str]:
     """Specs typed in a box: one per line or comma-separated, blanks dropped.
 
