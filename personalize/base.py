@@ -42,9 +42,10 @@ def model_fingerprint(directory: Path) -> str:
     """Cheap but specific: configs in full, weight files by size and their first and last MiB."""
     h = hashlib.sha256()
     for f in sorted(directory.rglob("*")):
-        if not f.is_file() or f.name == "meta.json" or "/." in f.as_posix():
+        rel_parts = f.relative_to(directory).parts
+        if not f.is_file() or f.name == "meta.json" or any(p.startswith(".") for p in rel_parts):
             continue
-        rel = f.relative_to(directory).as_posix()
+        rel = "/".join(rel_parts)
         h.update(rel.encode())
         h.update(str(f.stat().st_size).encode())
         with open(f, "rb") as fh:

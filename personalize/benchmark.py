@@ -120,6 +120,23 @@ def paired_drop(before: list[int], after: list[int]) -> dict[str, Any]:
     return {"value": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": len(d)}
 
 
+def _finished(run_dir: Path, cfg: TrainConfig, base: BaseModel) -> bool:
+    """Whether ``run_dir`` holds this very run, finished; a finished run with other settings is an error."""
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    if "weights" not in info:
+        return False
+    want, stored = cfg.resolved(), TrainConfig.load(run_dir / "config.json")
+    diffs = want.differences(stored)
+    if want.steps != stored.steps and not any(d.startswith("steps:") for d in diffs):
+        diffs.append(f"steps: {stored.steps!r} -> {want.steps!r}")
+    if info.get("model_fingerprint") != base.fingerprint:
+        diffs.append("the base model's files changed")
+    if diffs:
+        raise UserError(f"{run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
+                        "remove it or pass another --out")
+    return True
+
+
 def run_benchmark(
     model: str = "zoo/diffusion",
     subject: str = "housemark",
@@ -164,7 +181,7 @@ def _run_benchmark(model, subject, out, methods, n, n_ordinary, readme, steps, n
                           num_class_images=num_class_images, sample_steps=sample_steps,
                           resume=(run_dir / "config.json").is_file())  # fmt: skip
         t0 = time.time()
-        if not (run_dir / "run.json").is_file() or "weights" not in json.loads((run_dir / "run.json").read_text()):
+        if not _finished(run_dir, cfg, base):
             from .training import train
 
             train(cfg)

@@ -40,7 +40,8 @@ def setup(cfg: TrainConfig, base: BaseModel) -> Trainable:
     def save_weights(out: Path) -> list[Path]:
         pipe.save_pretrained(out, safe_serialization=True)
         meta = {"generate": {"steps": base.sample_steps, "guidance": base.guidance},
-                "personalized": {"method": "dreambooth", "token": cfg.token, "base_model": cfg.model}}  # fmt: skip
+                "personalized": {"method": "dreambooth", "token": cfg.token, "class_word": cfg.class_word,
+                                 "base_model": cfg.model}}  # fmt: skip
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
         return [out / "model_index.json"]
 

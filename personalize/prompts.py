@@ -64,7 +64,13 @@ def read_prompts(path: str | Path) -> list[SubjectPrompt]:
         template = template.replace("{token}", "{subject}")
         if "{subject}" not in template and "{noun}" not in template:
             raise UserError(f"prompt {template!r} in {p} has no {{subject}} (or {{token}}) placeholder")
-        out.append(SubjectPrompt(category.strip(), template))
+        prompt = SubjectPrompt(category.strip(), template)
+        try:
+            prompt.personalized("S")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"prompt {template!r} in {p}: only {{subject}}, {{noun}} and {{token}} may stand "
+                            f"in braces (write {{{{ and }}}} for a literal brace); got {e}") from None
+        out.append(prompt)
     if not out:
         raise UserError(f"no prompts in {p}")
     return out

@@ -53,10 +53,11 @@ class TrainResult:
     run_dir: Path
     weights: list[Path]
     steps: int
-    seconds: float  # wall time of this session's training steps
+    seconds: float  # wall time of the training steps, summed over the sessions of a resumed run
     final_loss: float | None
     samples: Path | None
     info: dict[str, Any] = field(default_factory=dict)
+    earlier_seconds: float = 0.0  # the part of ``seconds`` spent in sessions before a resume
 
 
 def make_optimizer(trainable: Trainable, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -146,14 +147,14 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
     as_base = trainable.as_base if base_target else None
     if base_target and as_base is None:
         raise ValueError(f"{cfg.method} offers no base-model context for prior_target='base'")
-    start, cpu, good_step = 0, 0.0, None
+    start, cpu, wall, good_step = 0, 0.0, 0.0, None
     ckpt = run.load_checkpoint() if cfg.resume else None
     if ckpt:
         with torch.no_grad():
             for name, p in trainable.params.items():
                 p.copy_(ckpt["params"][name])
         opt.load_state_dict(ckpt["optimizer"])
-        start, cpu, good_step = ckpt["step"], ckpt["cpu_s"], ckpt["step"]
+        start, cpu, wall, good_step = ckpt["step"], ckpt["cpu_s"], ckpt.get("train_s", 0.0), ckpt["step"]
         if start > cfg.steps:
             raise UserError(f"the checkpoint in {run.checkpoints} is at step {start}, past --steps {cfg.steps}")
         print(f"resumed {run.path} at step {start}", flush=True)
@@ -163,7 +164,8 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
 
     def checkpoint(step: int) -> None:
         state = {"params": {n: p.detach().clone() for n, p in trainable.params.items()},
-                 "optimizer": opt.state_dict(), "step": step, "cpu_s": log.cpu_seconds(), "config": cfg.to_dict()}  # fmt: skip
+                 "optimizer": opt.state_dict(), "step": step, "cpu_s": log.cpu_seconds(),
+                 "train_s": wall + time.time() - t0, "config": cfg.to_dict()}  # fmt: skip
         run.save_checkpoint(state)
 
     t0, loss_value = time.time(), None
@@ -194,7 +196,7 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
             folder = validation_samples(run, f"step-{done:06d}", cfg, base)
             if callback:
                 callback({"step": done, "total": cfg.steps, "samples": str(folder)})
-    seconds = time.time() - t0
+    seconds = wall + time.time() - t0
     bad = [n for n, p in trainable.params.items() if not torch.isfinite(p).all()]
     if bad:
         raise UserError(_nan_message(UserError(f"weights became non-finite ({bad[0]})"), run, good_step))
@@ -208,7 +210,7 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
     log.write(event="finished", step=cfg.steps, weights=info["weights"])
     if callback:
         callback({"step": cfg.steps, "total": cfg.steps, "samples": str(final), "done": True})
-    return TrainResult(run.path, weights, cfg.steps, seconds, loss_value, final, info)
+    return TrainResult(run.path, weights, cfg.steps, seconds, loss_value, final, info, wall)
 
 
 def prior_images(cfg: TrainConfig, base, size: int) -> tuple[list[Image.Image], list[str], list[str]]:
@@ -253,7 +255,8 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
                         prior_prompts, subject_share=cfg.prior_subject_share)  # fmt: skip
     with quiet_diffusers():
         result = fit(cfg, run, base, data, trainable, callback)
-    result.info["total_seconds"] = round(time.time() - t_start, 1)  # loading, class images, training, saving
+    # loading, class images, training and saving, plus the training steps of earlier sessions if resumed
+    result.info["total_seconds"] = round(time.time() - t_start + result.earlier_seconds, 1)
     run.write_info(result.info)
     return result
 

@@ -7,6 +7,7 @@ file (which needs ``token``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,15 @@ def load_personalized(
 ) -> Personalized:
     """The base model with ``weights`` applied; ``model``/``token`` default to what the run recorded."""
     method, path, cfg = describe_weights(weights)
-    model = model or (cfg.model if cfg else None)
-    token = token or (cfg.token if cfg else None)
-    class_word = cfg.class_word if cfg else None
-    if method == "dreambooth":
-        base = load_base(f"dir:{path}", sample_steps, guidance)
-        return Personalized(base, method, token, class_word, model or f"dir:{path}", path)
+    recorded = cfg.to_dict() if cfg else _saved_pipeline_record(path) if method == "dreambooth" else {}
+    model = model or recorded.get("model") or recorded.get("base_model")
+    token = token or recorded.get("token")
+    class_word = recorded.get("class_word")
     if not model:
         raise UserError(f"{weights} does not record its base model; pass --model")
+    if method == "dreambooth":
+        base = load_base(f"dir:{path}", sample_steps, guidance)
+        return Personalized(base, method, token, class_word, model, path)
     base = load_base(model, sample_steps, guidance)
     with quiet_diffusers():  # a UNet-only LoRA has no text-encoder keys: expected, not worth a warning
         if method == "ti":
@@ -87,3 +89,11 @@ def weights_fingerprint(p: Personalized) -> str:
     else:
         files = sorted(p.weights.glob("*/*.safetensors"))
     return sha256_bytes("".join(sha256_file(f) for f in files).encode())[:16]
+
+
+def _saved_pipeline_record(path: Path) -> dict:
+    """What a full DreamBooth pipeline folder says about itself in meta.json when its run config is gone."""
+    try:
+        return dict(json.loads((path / "meta.json").read_text()).get("personalized") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}

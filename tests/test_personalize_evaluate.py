@@ -75,6 +75,28 @@ def test_prompts_fill_token_and_class(tmp_path):
     f.write_text("no placeholder\n")
     with pytest.raises(UserError, match="placeholder"):
         read_prompts(f)
+    for bad in ("{token} in {place}", "{token} with a } brace", "{token} {0}"):
+        f.write_text(bad + "\n")
+        with pytest.raises(UserError, match="literal brace"):
+            read_prompts(f)
+    f.write_text("{token} in {{braces}}\n")
+    assert read_prompts(f)[0].personalized("S") == "S in {braces}"
+
+
+def test_fingerprint_reads_a_model_under_a_hidden_folder_but_skips_hidden_files_inside(tmp_path):
+    from personalize.base import model_fingerprint
+
+    d = tmp_path / ".cache" / "model"
+    (d / "unet").mkdir(parents=True)
+    (d / "unet" / "config.json").write_text('{"a": 1}')
+    before = model_fingerprint(d)
+    (d / "unet" / "config.json").write_text('{"a": 2}')
+    assert model_fingerprint(d) != before
+    after = model_fingerprint(d)
+    (d / ".git").mkdir()
+    (d / ".git" / "HEAD").write_text("x")
+    (d / "meta.json").write_text("{}")
+    assert model_fingerprint(d) == after
 
 
 def test_evaluate_cli_prints_and_stores_figures(lora_run, tiny_clip, tmp_path, capsys):
@@ -141,9 +163,15 @@ def test_benchmark_writes_the_readme_table(tiny_sd_dir, tiny_clip, tmp_path, mon
     assert "to be measured" not in text and "DreamBooth LoRA, prior preservation (2 steps)" in text
     assert text.endswith("\n\nrest\n") and "base model, class word" in text
     assert json.loads((tmp_path / "bench" / "figures.json").read_text())["n"] == 2
-    again = run_benchmark(model=str(tiny_sd_dir), out=str(tmp_path / "bench"), methods=["lora"], n=2, steps=2,
-                          num_class_images=1, db=None, extractor=f"judge:{tiny_clip.dir}", sample_steps=2)  # fmt: skip
-    assert again["runs"]["lora"]["steps"] == 2  # finished runs are reused, not retrained
+    weights = tmp_path / "bench" / "lora" / "pytorch_lora_weights.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    kw = dict(model=str(tiny_sd_dir), out=str(tmp_path / "bench"), methods=["lora"], n=2, db=None,
+              extractor=f"judge:{tiny_clip.dir}", sample_steps=2)  # fmt: skip
+    again = run_benchmark(steps=2, num_class_images=1, **kw)
+    assert again["runs"]["lora"]["steps"] == 2 and weights.stat().st_mtime_ns == stamp  # reused, not retrained
+    for other in ({"steps": 3, "num_class_images": 1}, {"steps": 2, "num_class_images": 2}):
+        with pytest.raises(UserError, match=r"bench/lora-prior holds a finished run with other settings \((steps|num_cl)"):
+            run_benchmark(**other, **kw)
     assert len(list((tmp_path / "cache" / "class-images").glob("*/*.png"))) == 1
 
 
@@ -182,3 +210,21 @@ def test_paired_drop_interval_matches_scipy():
     assert d["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half], abs=1e-4)
     with pytest.raises(ValueError):
         paired_drop([1, 0], [1])
+
+
+def test_a_saved_dreambooth_pipeline_without_its_run_config_names_its_base_from_meta_json(tiny_sd_dir, tmp_path):
+    """Otherwise ``evaluate`` would compare the fine-tuned model with itself."""
+    import shutil
+
+    from personalize.weights import load_personalized
+
+    folder = tmp_path / "db"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "meta.json").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="does not record its base model; pass --model"):
+        load_personalized(folder)
+    assert load_personalized(folder, model=f"dir:{tiny_sd_dir}").model == f"dir:{tiny_sd_dir}"
+    record = {"method": "dreambooth", "token": "<s*>", "class_word": "square", "base_model": f"dir:{tiny_sd_dir}"}
+    (folder / "meta.json").write_text(json.dumps({"personalized": record}))
+    p = load_personalized(folder)
+    assert (p.model, p.token, p.class_word, p.weights) == (f"dir:{tiny_sd_dir}", "<s*>", "square", folder)

@@ -36,7 +36,10 @@ def test_any_size_format_and_orientation_is_accepted(tmp_path):
     base = subject_image(64)
     base.convert("CMYK").save(tmp_path / "a_cmyk.jpg", quality=95)
     rgba = base.convert("RGBA")
-    rgba.putalpha(Image.new("L", base.size, 255))
+    alpha = Image.new("L", base.size, 255)
+    alpha.paste(0, (0, 0, 8, 8))  # a transparent black corner: dropping alpha would leave it black
+    rgba.paste((0, 0, 0), (0, 0, 8, 8))
+    rgba.putalpha(alpha)
     rgba.save(tmp_path / "b_rgba.png")
     (tmp_path / "c_exif.jpg").write_bytes(exif_rotated_jpeg(subject_image(48, 1).resize((64, 48))))
     subject_image(12, 2).save(tmp_path / "d_tiny.webp", lossless=True)
@@ -53,6 +56,7 @@ def test_any_size_format_and_orientation_is_accepted(tmp_path):
     for it in items:
         sq = fit_square(it.image, 32)
         assert sq.size == (32, 32) and sq.mode == "RGB"
+    assert items[1].image.getpixel((2, 2)) == (255, 255, 255)  # transparency lands on white
     # the CMYK and RGBA copies still show the subject's colors
     for it in items[:2]:
         a = np.asarray(fit_square(it.image, 64), dtype=int)

@@ -4,6 +4,7 @@ a NaN loss stops with a clear message and keeps the last good checkpoint; run fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def test_outputs_load_with_diffusers_in_a_fresh_process(tiny_sd_dir, tmp_path):
         assert steps[:4] == [1, 2, 3, 4]
         jobs.append({"run": str(run), "base": str(tiny_sd_dir), "method": method, "token": "<s*>", "steps": 2,
                      "guidance": 3.0})  # fmt: skip
+    meta = json.loads((tmp_path / "dreambooth" / "meta.json").read_text())["personalized"]
+    assert (meta["base_model"], meta["token"], meta["class_word"]) == (str(tiny_sd_dir), "<s*>", "square")
     emb = load_file(tmp_path / "ti" / "learned_embeds.safetensors")
     assert list(emb) == ["<s*>"] and emb["<s*>"].shape == (2, 32)
     lora = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
@@ -118,10 +121,13 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_sd_dir, tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(stopped, callback=stop_at_3)
     run = Path(stopped.out)
-    assert torch.load(run / "checkpoints" / "ckpt.pt", weights_only=False)["step"] == 2
+    ckpt = torch.load(run / "checkpoints" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["train_s"] > 0
     assert not (run / "samples" / "final").exists()
     stopped.resume = True
-    train(stopped)
+    result = train(stopped)
+    assert result.earlier_seconds == ckpt["train_s"] and result.seconds > ckpt["train_s"]  # times add up
+    assert json.loads((run / "run.json").read_text())["train_seconds"] == round(result.seconds, 1)
     a, b = weights_of(Path(straight.out), method), weights_of(run, method)
     assert a.keys() == b.keys()
     for k in a:
@@ -176,6 +182,9 @@ def test_run_folders_are_not_clobbered_and_resume_checks_the_config(tiny_sd_dir,
         train(changed)
     longer = config(tiny_sd_dir, tmp_path, "lora", steps=3, validation_every=0, prior_preservation=True, resume=True)
     assert train(longer).steps == 3  # more steps is a valid resumption
+    cosine = config(tiny_sd_dir, tmp_path, "lora", lr_schedule="cosine").resolved()  # unless its lr spans them
+    assert any("cosine" in d for d in dataclasses.replace(cosine, steps=8).differences(cosine))
+    assert not dataclasses.replace(cosine, validation_every=1).differences(cosine)
     other = config(tiny_sd_dir, tmp_path, "lora", "other", steps=1, validation_every=0, prior_preservation=True)
     train(other)  # another run of the same model and class prompt reuses the cached class images
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.png")} == stamps
