@@ -132,8 +132,9 @@ def _finished(run_dir: Path, cfg: TrainConfig, base: BaseModel) -> bool:
     if info.get("model_fingerprint") != base.fingerprint:
         diffs.append("the base model's files changed")
     if diffs:
-        raise UserError(f"{run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
-                        "remove it or pass another --out")
+        raise UserError(
+            f"{run_dir} holds a finished run with other settings ({'; '.join(diffs)}); remove it or pass another --out"
+        )
     return True
 
 

@@ -198,8 +198,10 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         out = [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k)]
         if a["lr_schedule"] == "cosine" and a["steps"] != b.get("steps"):
-            out.append(f"steps: {b.get('steps')!r} -> {a['steps']!r} (a cosine schedule spans the total steps, "
-                       "so only a constant one can be extended)")
+            out.append(
+                f"steps: {b.get('steps')!r} -> {a['steps']!r} (a cosine schedule spans the total steps, "
+                "so only a constant one can be extended)"
+            )
         return out
 
 

@@ -68,8 +68,10 @@ def read_prompts(path: str | Path) -> list[SubjectPrompt]:
         try:
             prompt.personalized("S")
         except (KeyError, IndexError, ValueError) as e:
-            raise UserError(f"prompt {template!r} in {p}: only {{subject}}, {{noun}} and {{token}} may stand "
-                            f"in braces (write {{{{ and }}}} for a literal brace); got {e}") from None
+            raise UserError(
+                f"prompt {template!r} in {p}: only {{subject}}, {{noun}} and {{token}} may stand "
+                f"in braces (write {{{{ and }}}} for a literal brace); got {e}"
+            ) from None
         out.append(prompt)
     if not out:
         raise UserError(f"no prompts in {p}")

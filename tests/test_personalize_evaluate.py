@@ -170,7 +170,9 @@ def test_benchmark_writes_the_readme_table(tiny_sd_dir, tiny_clip, tmp_path, mon
     again = run_benchmark(steps=2, num_class_images=1, **kw)
     assert again["runs"]["lora"]["steps"] == 2 and weights.stat().st_mtime_ns == stamp  # reused, not retrained
     for other in ({"steps": 3, "num_class_images": 1}, {"steps": 2, "num_class_images": 2}):
-        with pytest.raises(UserError, match=r"bench/lora-prior holds a finished run with other settings \((steps|num_cl)"):
+        with pytest.raises(
+            UserError, match=r"bench/lora-prior holds a finished run with other settings \((steps|num_cl)"
+        ):
             run_benchmark(**other, **kw)
     assert len(list((tmp_path / "cache" / "class-images").glob("*/*.png"))) == 1
 
