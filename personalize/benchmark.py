@@ -34,7 +34,7 @@ from evalkit.shapes.world import sample as world_sample
 from evalkit.utils import atomic_write_text
 
 from .base import BaseModel, load_base, quiet_diffusers, sample
-from .config import METHOD_NAMES, TrainConfig
+from .config import METHOD_NAMES, RESUMABLE_CHANGES, TrainConfig
 from .detector import check_subject
 from .subjects import Subject, get_subject
 from .weights import load_personalized
@@ -126,9 +126,7 @@ def _finished(run_dir: Path, cfg: TrainConfig, base: BaseModel) -> bool:
     if "weights" not in info:
         return False
     want, stored = cfg.resolved(), TrainConfig.load(run_dir / "config.json")
-    diffs = want.differences(stored)
-    if want.steps != stored.steps and not any(d.startswith("steps:") for d in diffs):
-        diffs.append(f"steps: {stored.steps!r} -> {want.steps!r}")
+    diffs = want.differences(stored, may_change=RESUMABLE_CHANGES - {"steps"})  # finished: steps count too
     if info.get("model_fingerprint") != base.fingerprint:
         diffs.append("the base model's files changed")
     if diffs:

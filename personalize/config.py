@@ -193,16 +193,16 @@ class TrainConfig:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read run config {path}: {e}") from None
 
-    def differences(self, other: TrainConfig) -> list[str]:
-        """Fields (other than ``RESUMABLE_CHANGES``) whose values differ, as ``name: old -> new``."""
+    def differences(self, other: TrainConfig, may_change: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
+        """Fields outside ``may_change`` whose values differ, as ``name: old -> new``; a cosine schedule
+        spans the total steps, so with one ``steps`` may not change."""
         a, b = self.to_dict(), other.to_dict()
-        out = [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k)]
-        if a["lr_schedule"] == "cosine" and a["steps"] != b.get("steps"):
-            out.append(
-                f"steps: {b.get('steps')!r} -> {a['steps']!r} (a cosine schedule spans the total steps, "
-                "so only a constant one can be extended)"
-            )
-        return out
+        cosine = a["lr_schedule"] == "cosine"
+        if cosine:
+            may_change = may_change - {"steps"}
+        note = {"steps": " (a cosine schedule spans the total steps, so only a constant one can be extended)"}
+        return [f"{k}: {b.get(k)!r} -> {a[k]!r}" + (note.get(k, "") if cosine else "")
+                for k in a if k not in may_change and a[k] != b.get(k)]  # fmt: skip
 
 
 def article(word: str) -> str:
