@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from evalkit.errors import UserError
 from evalkit.shapes.world import sample
@@ -156,7 +157,7 @@ def test_ema_codebook_restarts_dead_codes():
 def masked_run(vq_run, text_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("masked")
     cfg = _cfg("masked", TINY_MASKED, vq_dir=str(vq_run[0] / "out"), text_encoder_dir=str(text_dir),
-               eval_sampling={"num_inference_steps": 2, "guidance_scale": 2.0})  # fmt: skip
+               eval_sampling={"num_inference_steps": 2, "guidance_scale": 2.0}, transformer_dtype="float16")  # fmt: skip
     masked.train(cfg, out_dir=str(root / "out"), work_dir=str(root / "work"))
     return root, cfg
 
@@ -201,6 +202,10 @@ def test_masked_export_is_an_amused_pipeline_loaded_in_a_fresh_process(masked_ru
 
     pipe = AmusedPipeline.from_pretrained(str(out))
     pipe.set_progress_bar_config(disable=True)
+    # transformer_dtype float16: half the file, loaded back as float32
+    with safe_open(str(out / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert pipe.transformer.dtype == torch.float32
     images = pipe(["a red circle", "two blue squares"], num_inference_steps=3, guidance_scale=2.0,
                   generator=torch.Generator().manual_seed(7), output_type="np").images  # fmt: skip
     assert fresh.stdout.strip() == hashlib.sha256(images.tobytes()).hexdigest()

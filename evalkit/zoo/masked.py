@@ -293,8 +293,11 @@ def train_on_tokens(
             print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)
     transformer.load_state_dict(ema.state_dict())
     transformer.eval()
+    if cfg.get("transformer_dtype", "float32") == "float16":
+        transformer.half()  # half the file size; from_pretrained without torch_dtype loads it as float32
     pipe = kind.pipeline(vq, tokenizer, text_encoder, transformer)
     pipe.save_pretrained(str(out))
+    transformer.float()  # measure exactly the saved weights, in float32 as they load
     figs = generated_oracle_figures(pipe, n=cfg.get("eval_n", 200), **sampling)
     write_meta(out, {"model": type(pipe).__name__, **kind.meta, "transformer_params": count_params(transformer),
                      "params": count_params(transformer) + count_params(vq) + count_params(text_encoder),
