@@ -363,7 +363,7 @@ def _skipped_section(skipped: Mapping[str, Mapping[str, int]], recorded: bool) -
     how = "as recorded by the run"
     if not recorded:
         how = "re-counted from the image folders (the reference's counts exist only in reports the run writes)"
-    return (f'<section id="skipped"><h2>Skipped inputs</h2><p class="note">Images that could not be used, {how}.</p>'
+    return (f'<section id="skipped"><h2>Skipped inputs</h2><p class="note">Images (and prompt rows with no prompt) that could not be used, {how}.</p>'
             + lbm.html_table(["source", "skipped", "reasons"], body, cls="kv") + "</section>")  # fmt: skip
 
 

@@ -35,4 +35,7 @@ def _cli(args: argparse.Namespace) -> int:
         if dist.is_main():
             made, reused = sum(rep.generated.values()), sum(rep.reused.values())
             print(f"run {rep.run_id}: generated {made} images, reused {reused}; {len(rep.results)} figures in {rep.db}")
+            for what, reasons in rep.skipped.items():
+                if reasons:
+                    print(f"skipped ({what}): " + ", ".join(f"{k}: {v}" for k, v in reasons.items()))
     return 0

@@ -182,7 +182,9 @@ def run(
     say = (on_stage or (lambda s: print(s, flush=True))) if main else (lambda s: None)
     prompts = load_prompts(recipe.prompts)
     if len(prompts) == 0:
-        raise UserError(f"prompt set {recipe.prompts!r} is empty")
+        raise UserError(
+            f"prompt set {recipe.prompts!r} is empty" + (f" ({prompts.skipped})" if prompts.skipped else "")
+        )
     feature_metrics = [m for m in recipe.metrics if m in FEATURE_METRICS]
     need_reference = any(m != "clip" and m != "is" for m in feature_metrics)
     if need_reference and recipe.reference is None:
@@ -202,8 +204,8 @@ def run(
             f"extractor, is an Inception one): extractors {', '.join(recipe.extractors)}"
         )
     extractors = [ext for ext in extractors if servable(ext, feature_metrics)]  # none runs for nothing
-    for g in recipe.generators:
-        load_generator(g.spec)
+    for g in recipe.generators:  # and their params (a typo in the last generator must not wait for the first)
+        load_generator(g.spec).resolve_params(**g.params)
     out_dir = recipe.out_dir
     db = ResultsDB(db_path or recipe.db) if main else None
     run_id = dist.broadcast(
@@ -212,6 +214,8 @@ def run(
         else None
     )
     report = RunReport(run_id, db.path if db else str(db_path or recipe.db), out_dir)
+    if prompts.skipped:
+        report.skipped["prompts"] = prompts.skipped.as_dict()
     dataset = recipe.prompts
     cache = cache or FeatureCache()
     if world > 1:

@@ -37,6 +37,14 @@ class BaseModel:
         """Native image side in pixels."""
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
+    def check_resolution(self, size: int) -> None:
+        """The VAE and each UNet downsampling halve the side, so it must divide by all of them."""
+        step = int(self.pipe.vae_scale_factor) * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        if size % step:
+            raise UserError(
+                f"resolution {size} does not suit {self.spec}: use a multiple of {step} (native {self.size})"
+            )
+
 
 def model_fingerprint(directory: Path) -> str:
     """Cheap but specific: configs in full, weight files by size and their first and last MiB."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,12 @@ class TrainConfig:
         for key in ("batch_size", "num_vectors", "rank", "num_validation_images", "steps", "lr", "sample_steps",
                     "resolution"):  # fmt: skip
             value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise UserError(f"{key} must be positive, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):  # NaN compares false to all
+                raise UserError(f"{key} must be a positive number, got {value}")
+        for key in ("weight_decay", "max_grad_norm", "prior_loss_weight", "lora_alpha", "guidance", "flip_p"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{key} must be a finite number, got {value}")
         if self.checkpoint_every < 1:
             raise UserError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.validation_every < 0 or self.warmup < 0 or self.prior_loss_weight < 0:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evalkit.errors import ModelNotFoundError, UserError
+from evalkit.errors import ModelNotFoundError, UserError, first_line
 from evalkit.features import get_extractor
 from evalkit.metrics.bootstrap import bootstrap_ci
 
@@ -92,7 +92,7 @@ class HFDinoFeatures:
             self.model = AutoModel.from_pretrained(source).eval()
         except OSError as e:
             raise ModelNotFoundError(
-                f"DINO model {label} could not be loaded ({str(e).splitlines()[0]}); on a connected machine run "
+                f"DINO model {label} could not be loaded ({first_line(e)}); on a connected machine run "
                 f"`hf download facebook/dino-vits16 --local-dir models/dino-vits16` and pass --dino dir:models/dino-vits16, "
                 "or use --dino judge-tower"
             ) from None

@@ -237,6 +237,7 @@ def train(cfg: TrainConfig, callback: Callback | None = None) -> TrainResult:
     base = load_base(cfg.model, cfg.sample_steps, cfg.guidance)
     size = cfg.resolution or base.size
     setup = _method(cfg.method)
+    base.check_resolution(size)
     setup.check(cfg, base)  # e.g. the new token must not be in the vocabulary yet
     run.start(cfg, {"method": cfg.method, "model": cfg.model, "model_fingerprint": base.fingerprint,
                     "images": str(Path(cfg.images).expanduser().resolve()),

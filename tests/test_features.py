@@ -95,6 +95,25 @@ def test_judge_missing_is_a_user_error(tmp_path, monkeypatch):
         get_extractor(f"judge:{tmp_path / 'w'}")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not_weights"])
+def test_corrupt_clip_or_judge_weights_give_one_line(tiny_clip, tmp_path, damage):
+    weights = tiny_clip.dir / "open_clip_model.safetensors"
+    bad_dir = tmp_path / "judge"
+    shutil.copytree(tiny_clip.dir, bad_dir)
+    bad = bad_dir / "open_clip_model.safetensors"
+    if damage == "truncated":
+        bad.write_bytes(weights.read_bytes()[:5])
+    else:
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(buf, "PNG")
+        bad.write_bytes(buf.getvalue())
+    for spec in (f"judge:{bad_dir}", f"clip:{tiny_clip.name}/{bad}"):
+        with pytest.raises(UserError) as err:
+            get_extractor(spec)
+        msg = str(err.value)
+        assert str(bad) in msg and "does not load" in msg and "\n" not in msg, msg
+
+
 def test_judge_roundtrip_same_outputs(tiny_clip, tmp_path):
     directory, original = tiny_clip.dir, tiny_clip.model
     assert sorted(p.name for p in directory.iterdir()) == [
@@ -433,3 +452,14 @@ def test_inception_missing_or_wrong_weights(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(UserError, match=f"{wrong} is not FID Inception-v3 weights"):
         get_extractor("inception")
+    # files that are not checkpoints at all: one line naming the file, whatever the reader raised
+    for name, data in (("png.pth", (tmp_path / "x.png", Image.new("RGB", (2, 2)))), ("cut.safetensors", None)):
+        path = tmp_path / name
+        if data is None:
+            path.write_bytes(b"\x08\x00\x00")
+        else:
+            data[1].save(data[0])
+            path.write_bytes(data[0].read_bytes())
+        with pytest.raises(UserError) as err:
+            get_extractor(f"inception:{path}")
+        assert str(path) in str(err.value) and "\n" not in str(err.value), str(err.value)

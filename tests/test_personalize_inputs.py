@@ -118,8 +118,11 @@ def test_new_tokens_must_not_be_in_the_vocabulary():
         ({"token": "{x}"}, "braces"),
         ({"method": "hypernet"}, "unknown method"),
         ({"class_word": "<s*>"}, "must differ"),
-        ({"steps": 0}, "steps must be positive"),
-        ({"lr": -1.0}, "lr must be positive"),
+        ({"steps": 0}, "steps must be a positive number"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number, got nan"),  # NaN passes every comparison
+        ({"prior_loss_weight": float("nan")}, "prior_loss_weight must be a finite number"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number"),
         ({"prior_preservation": True}, "needs a class"),
         ({"prior_preservation": True, "method": "ti", "class_word": "dog"}, "not textual inversion"),
         ({"train_text_encoder": True, "method": "ti"}, "DreamBooth"),

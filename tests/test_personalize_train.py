@@ -194,6 +194,12 @@ def test_run_folders_are_not_clobbered_and_resume_checks_the_config(tiny_sd_dir,
         train(config(tiny_sd_dir, tmp_path, "lora", "junk"))
 
 
+def test_a_resolution_the_model_cannot_halve_is_refused_before_the_run_folder(tiny_sd_dir, tmp_path):
+    with pytest.raises(UserError, match=r"resolution 3 does not suit .*use a multiple of \d+ \(native 32\)"):
+        train(config(tiny_sd_dir, tmp_path, "lora", resolution=3))
+    assert not (tmp_path / "lora").exists()
+
+
 def test_token_already_in_vocabulary_for_textual_inversion(tiny_sd_dir, tmp_path):
     with pytest.raises(UserError, match="already in the tokenizer's vocabulary"):
         train(config(tiny_sd_dir, tmp_path, "ti", token="s"))

@@ -76,6 +76,29 @@ def test_run_stores_figures_and_resumes_without_work(in_tmp, tiny_sd_dir, tiny_c
         assert len(db.runs("tiny")) == 1
 
 
+def test_a_param_typo_in_the_last_generator_stops_the_run_before_the_first_generates(in_tmp, tiny_sd_dir, tiny_clip):
+    gens = [{"spec": f"dir:{tiny_sd_dir}", "name": "sd-2", "params": {"steps": 2, "size": 32}},
+            {"spec": f"dir:{tiny_sd_dir}", "name": "sd-1", "params": {"stpes": 1, "size": 32}}]  # fmt: skip
+    path = _recipe(in_tmp, tiny_sd_dir, tiny_clip, generators=gens)
+    with pytest.raises(UserError, match=r"does not take 'stpes' \(did you mean 'steps'\?\)"):
+        run(path, on_stage=lambda s: None)
+    assert not (in_tmp / "out").exists() and not (in_tmp / "results.db").exists()  # nothing generated or stored
+
+
+def test_prompt_rows_without_a_prompt_are_counted_and_an_empty_set_is_named(in_tmp, tiny_sd_dir, tiny_clip, capsys):
+    from evalkit.generators import generate_to_folder
+
+    rows = [{"prompt": "a red circle"}, {"prompt": 5}, {"prompt": None}, {"prompt": "a blue square"}]
+    (in_tmp / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = generate_to_folder(f"dir:{tiny_sd_dir}", f"jsonl:{in_tmp / 'p.jsonl'}", in_tmp / "g", n=1, seed=0,
+                             params={"steps": 1, "size": 32})  # fmt: skip
+    assert res.total == 2 and sum(res.skipped_prompts.values()) == 2
+    assert "skipped 2 prompt rows" in res.summary()
+    (in_tmp / "none.jsonl").write_text(json.dumps({"prompt": ""}) + "\n")
+    with pytest.raises(UserError, match=r"no prompts to generate from in .*none.*skipped 1"):
+        generate_to_folder(f"dir:{tiny_sd_dir}", f"jsonl:{in_tmp / 'none.jsonl'}", in_tmp / "g2", n=1, seed=0)
+
+
 def test_inception_beside_clip_each_scores_what_it_can(in_tmp, tiny_sd_dir, tiny_clip):
     from evalkit.features.inception import FIDInceptionV3
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..utils import progress_enabled
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageSkip, SkipCounter, load_image
 
@@ -178,8 +178,7 @@ def _load(builder: str, what: str, cache_dir: Path, **kw: Any):
             return datasets.load_dataset(builder, split="train", cache_dir=str(cache_dir), **kw)
         except Exception as e:  # datasets wraps reader errors in several types; the cause names the file
             cause = e.__cause__ or e
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
-            raise UserError(f"could not read {what} as {builder} data: {first}") from e
+            raise UserError(f"could not read {what} as {builder} data: {first_line(cause)}") from e
 
 
 def _webdataset_features(tars: list[Path]):

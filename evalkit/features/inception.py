@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelNotFoundError, UserError
+from ..errors import ModelNotFoundError, UserError, first_line, unreadable_weights
 from .base import FeatureExtractor, Preprocess, weights_sha256
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -99,11 +99,14 @@ def load_inception_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # a truncated or foreign file
+            raise unreadable_weights(path, e) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors differ across torch versions
-        raise UserError(f"{path} is not a loadable Inception state dict: {e}") from None
+        raise unreadable_weights(path, e) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -125,7 +128,7 @@ class InceptionExtractor(FeatureExtractor):
         try:
             net.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
-            raise UserError(f"{weights_path} is not FID Inception-v3 weights: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{weights_path} is not FID Inception-v3 weights: {first_line(e)}") from None
         self.module = net.to(self.device).eval().requires_grad_(False)
         self.name = "inception-v3-fid"
         self.weights_hash = weights_sha256(weights_path)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotFoundError, UserError
+from ..errors import ModelNotFoundError, UserError, first_line, unreadable_weights
 from ..utils import atomic_write_bytes, atomic_write_text, hub_offline
 from .base import FeatureExtractor, Preprocess, weights_sha256
 
@@ -165,15 +165,18 @@ def load_openclip_dir(
     hub_cfg_path = d / HUB_CONFIG_FILE
     if hub_cfg_path.is_file():
         pp = json.loads(hub_cfg_path.read_text()).get("preprocess_cfg", {}) or {}
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name,
-        pretrained=str(weights),
-        device=device,
-        image_mean=tuple(pp["mean"]) if "mean" in pp else None,
-        image_std=tuple(pp["std"]) if "std" in pp else None,
-        image_interpolation=pp.get("interpolation"),
-        image_resize_mode=pp.get("resize_mode"),
-    )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=str(weights),
+            device=device,
+            image_mean=tuple(pp["mean"]) if "mean" in pp else None,
+            image_std=tuple(pp["std"]) if "std" in pp else None,
+            image_interpolation=pp.get("interpolation"),
+            image_resize_mode=pp.get("resize_mode"),
+        )
+    except Exception as e:  # truncated, corrupt or not this config's weights
+        raise unreadable_weights(weights, e) from None
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(model_name)
     return model, preprocess, tokenizer, model_name
@@ -254,7 +257,7 @@ def _missing_clip_weights(arch: str, tag: str, pcfg: dict) -> ModelNotFoundError
 
 def _offline_extras(arch: str, err: Exception, fetch: str) -> ModelNotFoundError:
     """Some models need more than their weights: a Hugging Face tokenizer (SigLIP) or text-tower config (XLM-R)."""
-    detail = (str(err).splitlines() or [type(err).__name__])[0]
+    detail = first_line(err)
     return ModelNotFoundError(
         f"open_clip {arch} needs files beyond its weights (a tokenizer or text-tower config) that could not be "
         f"loaded ({detail}): {fetch}"
@@ -297,7 +300,7 @@ def load_clip(arg: str | None, resize: str = "clean", device: str | torch.device
             weight_file = download_pretrained_from_hf(repo)
             model, _, _ = open_clip.create_model_and_transforms(arch, device=device)
         except Exception as e:  # offline/missing: hf_hub and open_clip raise several types
-            detail = (str(e).splitlines() or [type(e).__name__])[0]
+            detail = first_line(e)
             raise ModelNotFoundError(
                 f"open_clip model {arch} could not be loaded from the Hugging Face cache ({detail}): fetch the repo "
                 f"{repo} on a connected machine (`hf download {repo}`) or use clip:ARCH//path/to/weights"
@@ -345,8 +348,10 @@ def load_clip(arg: str | None, resize: str = "clean", device: str | torch.device
         # a tag resolves again from the cache (and brings the tag's own mean/std); a file loads as is
         model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=source, device=device)
     except RuntimeError as e:
-        raise UserError(f"weights {weight_file} don't load into open_clip {arch}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"weights {weight_file} don't load into open_clip {arch}: {first_line(e)}") from None
     except OSError as e:  # offline: a Hugging Face text tower's config that is not cached
         raise _offline_extras(arch, e, fetch) from None
+    except Exception as e:  # a corrupt or foreign file: safetensors and pickle raise their own types
+        raise unreadable_weights(weight_file, e) from None
     tokenizer = _tokenizer(open_clip, arch, fetch)
     return OpenCLIPExtractor(model, tokenizer, f"clip:{arch}/{label}", [weight_file], cfg["embed_dim"], resize, device)

@@ -23,6 +23,7 @@ with ``.images``, like every diffusers pipeline.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 from typing import Any
 
@@ -152,9 +153,11 @@ class PipelineGenerator(Generator):
         for key in resolved:
             if not self.takes(key):
                 takes = sorted(g for g, a in PARAM_ARGS.items() if self._takes(a))
+                close = difflib.get_close_matches(key, takes, n=1)
                 raise UserError(
-                    f"generator {self.name} ({type(self.pipe).__name__}) does not take {key!r}; "
-                    f"it takes {', '.join(takes) or 'no generic params'}"
+                    f"generator {self.name} ({type(self.pipe).__name__}) does not take {key!r}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; it takes {', '.join(takes) or 'no generic params'}"
                 )
         if "steps" in resolved and int(resolved["steps"]) < 1:
             raise UserError(f"steps must be at least 1, got {resolved['steps']}")

@@ -89,6 +89,7 @@ class FolderResult:
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
     shard: tuple[int, int] | None = None
+    skipped_prompts: dict[str, int] = field(default_factory=dict)  # source rows without a usable prompt, by reason
 
     @property
     def total(self) -> int:
@@ -97,6 +98,9 @@ class FolderResult:
     def summary(self) -> str:
         dropped = sum(self.dropped.values())
         extra = f"; dropped {dropped} stale manifest rows ({self._dropped_text()})" if dropped else ""
+        if self.skipped_prompts:
+            reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_prompts.items())
+            extra += f"; skipped {sum(self.skipped_prompts.values())} prompt rows ({reasons})"
         return (
             f"generated {self.generated}, reused {self.reused} of {self.total} images in {self.out} "
             f"({self.seconds:.1f} s){extra}"
@@ -240,9 +244,15 @@ def generate_to_folder(
         from .loading import load
 
         generator = load(generator)
+    if isinstance(prompts, str):
+        from ..data.prompts import load_prompts
+
+        prompts = load_prompts(prompts)
+    skipped = prompts.skipped.as_dict() if isinstance(prompts, PromptSet) else {}
     items = as_prompts(prompts)
     if not items:
-        raise UserError("no prompts to generate from")
+        where = f" in {prompts.name}" if isinstance(prompts, PromptSet) else ""
+        raise UserError(f"no prompts to generate from{where}" + (f" ({prompts.skipped})" if skipped else ""))
     resolved = _canonical(generator.resolve_params(**(params or {})))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,4 +316,4 @@ def generate_to_folder(
                     on_progress(done, len(mine))
     rows = [made.get(w["id"]) or existing[w["id"]] for w in mine]
     seconds = time.perf_counter() - t0
-    return FolderResult(out, own or manifest, len(todo_ids), reused, rows, seconds, dropped, shard)
+    return FolderResult(out, own or manifest, len(todo_ids), reused, rows, seconds, dropped, shard, skipped)
