@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from . import leaderboard as lbm
-from .data.images import SkipCounter, try_load_image
+from .data.images import SkipCounter, reasons_text, try_load_image
 from .errors import UserError
 from .generators.manifest import MANIFEST_NAME, read_manifest
 from .plots import Curve, PlotPoint, pareto_front, pareto_plot, steps_plot
@@ -358,7 +358,7 @@ def _validity_section(lb: lbm.Leaderboard) -> str:
 
 
 def _skipped_section(skipped: Mapping[str, Mapping[str, int]], recorded: bool) -> str:
-    body = [[src, str(sum(c.values())), ", ".join(f"{k}: {v}" for k, v in c.items()) or "–"]
+    body = [[src, str(sum(c.values())), reasons_text(c) or "–"]
             for src, c in skipped.items()]  # fmt: skip
     how = "as recorded by the run"
     if not recorded:

@@ -28,6 +28,7 @@ def _cli(args: argparse.Namespace) -> int:
         print(f"{args.recipe}: ok ({len(recipe.generators)} generators, metrics {', '.join(recipe.metrics)})")
         return 0
     from . import distributed as dist
+    from .data.images import reasons_text
     from .runner import run
 
     with dist.process_group():  # joined when launched on several processes (accelerate launch, torchrun)
@@ -37,5 +38,5 @@ def _cli(args: argparse.Namespace) -> int:
             print(f"run {rep.run_id}: generated {made} images, reused {reused}; {len(rep.results)} figures in {rep.db}")
             for what, reasons in rep.skipped.items():
                 if reasons:
-                    print(f"skipped ({what}): " + ", ".join(f"{k}: {v}" for k, v in reasons.items()))
+                    print(f"skipped ({what}): {reasons_text(reasons)}")
     return 0

@@ -453,13 +453,11 @@ def test_inception_missing_or_wrong_weights(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=f"{wrong} is not FID Inception-v3 weights"):
         get_extractor("inception")
     # files that are not checkpoints at all: one line naming the file, whatever the reader raised
-    for name, data in (("png.pth", (tmp_path / "x.png", Image.new("RGB", (2, 2)))), ("cut.safetensors", None)):
+    png = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(png, "PNG")
+    for name, data in (("png.pth", png.getvalue()), ("cut.safetensors", b"\x08\x00\x00")):
         path = tmp_path / name
-        if data is None:
-            path.write_bytes(b"\x08\x00\x00")
-        else:
-            data[1].save(data[0])
-            path.write_bytes(data[0].read_bytes())
+        path.write_bytes(data)
         with pytest.raises(UserError) as err:
             get_extractor(f"inception:{path}")
         assert str(path) in str(err.value) and "\n" not in str(err.value), str(err.value)

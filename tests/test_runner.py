@@ -85,7 +85,7 @@ def test_a_param_typo_in_the_last_generator_stops_the_run_before_the_first_gener
     assert not (in_tmp / "out").exists() and not (in_tmp / "results.db").exists()  # nothing generated or stored
 
 
-def test_prompt_rows_without_a_prompt_are_counted_and_an_empty_set_is_named(in_tmp, tiny_sd_dir, tiny_clip, capsys):
+def test_prompt_rows_without_a_prompt_are_counted_and_an_empty_set_is_named(in_tmp, tiny_sd_dir):
     from evalkit.generators import generate_to_folder
 
     rows = [{"prompt": "a red circle"}, {"prompt": 5}, {"prompt": None}, {"prompt": "a blue square"}]

@@ -15,6 +15,7 @@ import io
 import os
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,11 @@ def load_image(
         raise ImageSkip("unsupported_mode", f"{im.mode}: {e}", name) from None
 
 
+def reasons_text(counts: Mapping[str, int]) -> str:
+    """``reason: count, ...`` in the given order: how every command prints what it skipped or dropped."""
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
 class SkipCounter:
     """Counts skipped items by reason (and keeps a few example sources per reason) so a
     command can report them in one line or in JSON; counters from shards merge with ``update``."""
@@ -221,7 +227,7 @@ class SkipCounter:
     def __str__(self) -> str:
         if not self.total:
             return "skipped 0"
-        return f"skipped {self.total} (" + ", ".join(f"{k}: {v}" for k, v in self.as_dict().items()) + ")"
+        return f"skipped {self.total} ({reasons_text(self.as_dict())})"
 
     def __repr__(self) -> str:
         return f"SkipCounter({self.as_dict()})"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.images import reasons_text
 from ..data.prompts import Prompt, PromptSet
 from ..distributed import shard_slice
 from ..errors import UserError
@@ -97,17 +98,19 @@ class FolderResult:
 
     def summary(self) -> str:
         dropped = sum(self.dropped.values())
-        extra = f"; dropped {dropped} stale manifest rows ({self._dropped_text()})" if dropped else ""
+        extra = (
+            f"; dropped {dropped} stale manifest rows ({reasons_text(dict(sorted(self.dropped.items())))})"
+            if dropped
+            else ""
+        )
         if self.skipped_prompts:
-            reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_prompts.items())
-            extra += f"; skipped {sum(self.skipped_prompts.values())} prompt rows ({reasons})"
+            extra += (
+                f"; skipped {sum(self.skipped_prompts.values())} prompt rows ({reasons_text(self.skipped_prompts)})"
+            )
         return (
             f"generated {self.generated}, reused {self.reused} of {self.total} images in {self.out} "
             f"({self.seconds:.1f} s){extra}"
         )
-
-    def _dropped_text(self) -> str:
-        return ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items()))
 
 
 class _FolderLock:
