@@ -43,7 +43,7 @@ TINY_MASKED = {
 TINY_AR = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 RUN = {
     "steps": 3, "batch_size": 4, "image_size": 32, "warmup": 1, "log_every": 1, "checkpoint_every": 1,
-    "eval_every": 2, "eval_every_n": 2, "eval_n": 4, "cache_size": 10,
+    "eval_every": 2, "eval_every_n": 2, "eval_n": 4, "cache_size": 10, "val_size": 3,
 }  # fmt: skip
 
 
@@ -76,7 +76,7 @@ def _cfg(name: str, model: dict, **extra) -> dict:
 
 
 def _interrupted_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monkeypatch) -> dict:
-    """Run ``cfg`` with a NaN injected into the 3rd loss, check the error and the kept checkpoint, then
+    """Run ``cfg`` with a NaN injected into the 3rd training loss, check the error and the kept checkpoint, then
     resume to the end; returns the final checkpoint."""
     work, out = tmp_path / "work-resumed", tmp_path / "out-resumed"
     original = getattr(module, loss_name)
@@ -84,8 +84,8 @@ def _interrupted_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monke
 
     def poisoned(*args, **kwargs):
         result = original(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 3:
+        calls.append(torch.is_grad_enabled())  # training losses only, not the eval's held-out losses
+        if sum(calls) == 3 and calls[-1]:
             loss = result[0] if isinstance(result, tuple) else result
             nan = loss * float("nan")
             return (nan, *result[1:]) if isinstance(result, tuple) else nan
@@ -226,6 +226,28 @@ def test_autoregressive_resume_after_nan_equals_uninterrupted(ar_run, tmp_path, 
     straight = load_checkpoint(root / "work")
     _assert_same_state(resumed["model"], straight["model"])
     _assert_same_state(resumed["optimizer"]["state"][0], straight["optimizer"]["state"][0])
+
+
+def test_token_training_logs_unweighted_losses_on_held_out_and_seen_samples(ar_run, text_dir):
+    """Each eval row carries the EMA model's plain likelihood on test-split and on cached samples."""
+    from evalkit.zoo.ar_pipeline import ARPipeline
+    from evalkit.zoo.masked import load_text, loss_sets, set_loss
+
+    root, cfg = ar_run
+    evals = [r for r in map(json.loads, (root / "work" / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    assert [r["step"] for r in evals] == [2]
+    losses = evals[0]["eval"]["losses"]
+    assert set(losses) == {"held_out", "seen"} and all(0 < v < 20 for v in losses.values())
+
+    tokenizer, text_encoder = load_text(text_dir)
+    sets = loss_sets(cfg, vq.load_vq(cfg["vq_dir"]), tokenizer, text_encoder, None)
+    assert set(sets) == {"held_out"} and len(sets["held_out"][0]) == cfg["val_size"]
+    transformer = ARPipeline.from_pretrained(str(root / "out")).transformer
+    tokens, pooled, hidden = sets["held_out"]
+    whole = autoregressive.next_token_loss(transformer, tokens, pooled, hidden).item()
+    weighted = autoregressive.next_token_loss(transformer, tokens, pooled, hidden, 1 + 4 * (tokens % 2)).item()
+    chunked = set_loss(autoregressive.AUTOREGRESSIVE, transformer, sets["held_out"], {**cfg, "batch_size": 2})
+    assert chunked == pytest.approx(whole, abs=1e-4) and abs(whole - weighted) > 1e-4
 
 
 def test_autoregressive_kv_cache_gives_the_same_images(ar_run):

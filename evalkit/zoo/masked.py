@@ -143,6 +143,34 @@ def token_batch(
     return tokens, pooled, hidden, weights
 
 
+def loss_sets(
+    cfg: dict[str, Any], vq: VQModel, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModelWithProjection,
+    cache: TokenCache | None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(tokens, pooled, hidden) of ``val_size`` test-split samples of the training mix ("held_out") and,
+    with a cache, of its first ``val_size`` rows ("seen"): the gap between their losses is over-fitting."""
+    n = cfg["val_size"]
+    samples = sample(n, seed=cfg["seed"], split="test", categories=cfg.get("categories"))
+    tokens, _ = _encode_samples(vq, samples, cfg["image_size"])
+    sets = {"held_out": (tokens, *encode_text(tokenizer, text_encoder, [s.caption for s in samples]))}
+    if cache is not None:
+        sets["seen"] = (cache.tokens[:n].long(), *encode_text(tokenizer, text_encoder, cache.captions[:n]))
+    return sets
+
+
+@torch.no_grad()
+def set_loss(kind: TokenTraining, transformer: torch.nn.Module, data: tuple, cfg: dict[str, Any]) -> float:
+    """Unweighted loss on one of ``loss_sets`` (fixed masks for the masked model): the training loss is
+    weighted and drawn from a finite cache, so it cannot show over-fitting."""
+    tokens, pooled, hidden = data
+    total, b = 0.0, cfg["batch_size"]
+    for i in range(0, len(tokens), b):
+        chunk = slice(i, i + b)
+        loss = kind.loss(transformer, tokens[chunk], pooled[chunk], hidden[chunk], None, i, cfg)
+        total += loss.item() * len(tokens[chunk])
+    return round(total / len(tokens), 4)
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -263,6 +291,7 @@ def train_on_tokens(
         print(f"resumed at step {start}")
     log = TrainLog(work, cpu)
     cache = token_cache(cfg, vq, work, fingerprint(resolve(cfg.get("vq_dir"), "vq"))) if cfg.get("cache_size") else None
+    sets = loss_sets(cfg, vq, tokenizer, text_encoder, cache) if cfg.get("val_size") else {}
     steps = cfg["steps"]
     sampling = cfg.get("eval_sampling", {})
     transformer.train()
@@ -287,10 +316,13 @@ def train_on_tokens(
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
-            pipe = kind.pipeline(vq, tokenizer, text_encoder, ema.copy_of(transformer))
+            averaged = ema.copy_of(transformer)
+            pipe = kind.pipeline(vq, tokenizer, text_encoder, averaged)
             figs = generated_oracle_figures(pipe, n=cfg.get("eval_every_n", 100), **sampling)
+            figs["losses"] = {name: set_loss(kind, averaged, data, cfg) for name, data in sets.items()}
             log.write(step=done, eval=figs)
-            print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']}", flush=True)
+            print(f"step {done}: loss {loss.item():.4f} oracle {figs['oracle']} {figs['checks']} {figs['losses']}",
+                  flush=True)  # fmt: skip
     transformer.load_state_dict(ema.state_dict())
     transformer.eval()
     if cfg.get("transformer_dtype", "float32") == "float16":
