@@ -6,6 +6,8 @@ fresh process and generating deterministically."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from evalkit.shapes.world import SIZES, sample
 from evalkit.zoo import diffusion, textenc
 from evalkit.zoo import vae as vae_stage
 from evalkit.zoo.cli import MODELS
-from evalkit.zoo.common import load_checkpoint, load_config
+from evalkit.zoo.common import load_checkpoint, load_config, stop_on_signal
 from evalkit.zoo.tokenizer import EOS, WORDS, build_tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,21 +161,41 @@ def test_vae_export_has_scaling_factor_and_oracle_figures(stages):
     assert 0.0 <= meta["reconstruction"]["oracle_full"] <= 1.0 and meta["latent_shape"] == [4, 16, 16]
 
 
+def _sigterm_at(module, at_step: int, monkeypatch):
+    """Send the process SIGTERM while ``module``'s loop runs step ``at_step``."""
+    real = module.check_finite
+
+    def fake(loss, step):
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(loss, step)
+
+    monkeypatch.setattr(module, "check_finite", fake)
+
+
+@pytest.mark.parametrize("stop", ["killed", "sigterm"])
 @pytest.mark.parametrize("stage", ["text-encoder", "diffusion-vae", "diffusion"])
-def test_resume_is_exact(stage, stages, tmp_path, monkeypatch):
+def test_resume_is_exact(stage, stop, stages, tmp_path, monkeypatch):
+    """Killed after its step-2 checkpoint, or sent SIGTERM during step 2 with no checkpoint due (the stop
+    saves one), a run resumes to the uninterrupted run's weights."""
     module, cfg = {
         "text-encoder": (textenc, TEXT_CFG),
         "diffusion-vae": (vae_stage, VAE_CFG),
         "diffusion": (diffusion, dict(DIFF_CFG, vae_dir=str(stages / "vae"), text_encoder_dir=str(stages / "te"))),
     }[stage]
-    cfg = dict(cfg, eval_n=1, final_guidance_scales=[1.0])
+    cfg = dict(cfg, eval_n=1, final_guidance_scales=[1.0], checkpoint_every=1 if stop == "killed" else 100)
     whole = tmp_path / "whole"
     module.train(dict(cfg), out_dir=str(tmp_path / "out1"), work_dir=str(whole))
     parts = tmp_path / "parts"
     with monkeypatch.context() as m:
-        _killed_at(module, 2, m)
-        with pytest.raises(_Killed):
-            module.train(dict(cfg), out_dir=str(tmp_path / "out2"), work_dir=str(parts))
+        if stop == "killed":
+            _killed_at(module, 2, m)
+            with pytest.raises(_Killed):
+                module.train(dict(cfg), out_dir=str(tmp_path / "out2"), work_dir=str(parts))
+        else:
+            _sigterm_at(module, 1, m)
+            with stop_on_signal(), pytest.raises(UserError, match="stopped by SIGTERM after step 2"):
+                module.train(dict(cfg), out_dir=str(tmp_path / "out2"), work_dir=str(parts))
     assert load_checkpoint(parts)["step"] == 2
     module.train(dict(cfg), resume=True, out_dir=str(tmp_path / "out2"), work_dir=str(parts))
     a, b = load_checkpoint(whole), load_checkpoint(parts)

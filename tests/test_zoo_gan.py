@@ -4,6 +4,8 @@ per-seed determinism, one generator evaluation per image). Tiny random text enco
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from evalkit.errors import UserError
 from evalkit.zoo import gan
 from evalkit.zoo.cli import MODELS
-from evalkit.zoo.common import load_checkpoint, load_config
+from evalkit.zoo.common import load_checkpoint, load_config, stop_on_signal
 from evalkit.zoo.gan_pipeline import GANPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +133,28 @@ def test_resume_repeats_the_uninterrupted_run(trained, text_encoder_dir, tmp_pat
     with pytest.raises(_Interrupt):
         gan.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
     assert load_checkpoint(tmp_path / "work")["step"] == 2
+    monkeypatch.setattr(gan, "make_batch", real_make_batch)
+    gan.train(cfg, resume=True, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    resumed, straight = load_checkpoint(tmp_path / "work"), load_checkpoint(trained / "work")
+    for key in ("generator", "discriminator", "generator_ema", "optimizer_g", "optimizer_d", "step"):
+        _assert_same_state(resumed[key], straight[key], key)
+
+
+def test_sigterm_checkpoints_the_step_and_resume_repeats_the_uninterrupted_run(
+    trained, text_encoder_dir, tmp_path, monkeypatch
+):
+    real_make_batch = gan.make_batch
+
+    def sigterm_in_step_1(step, cfg, *pools):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_make_batch(step, cfg, *pools)
+
+    cfg = tiny_config(text_encoder_dir, checkpoint_every=100)
+    monkeypatch.setattr(gan, "make_batch", sigterm_in_step_1)
+    with stop_on_signal(), pytest.raises(UserError, match="stopped by SIGTERM after step 2"):
+        gan.train(cfg, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
+    assert load_checkpoint(tmp_path / "work")["step"] == 2 and not (tmp_path / "out").exists()
     monkeypatch.setattr(gan, "make_batch", real_make_batch)
     gan.train(cfg, resume=True, out_dir=str(tmp_path / "out"), work_dir=str(tmp_path / "work"))
     resumed, straight = load_checkpoint(tmp_path / "work"), load_checkpoint(trained / "work")

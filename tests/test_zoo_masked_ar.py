@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from safetensors import safe_open
 from evalkit.errors import UserError
 from evalkit.shapes.world import sample
 from evalkit.zoo import autoregressive, masked, vq
-from evalkit.zoo.common import cache_rows, load_checkpoint, load_config
+from evalkit.zoo.common import cache_rows, load_checkpoint, load_config, stop_on_signal
 
 TINY_VQ = {
     "block_out_channels": [16, 16, 16],
@@ -101,6 +104,30 @@ def _interrupted_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monke
     return load_checkpoint(work)
 
 
+def _stopped_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monkeypatch) -> dict:
+    """Run ``cfg`` under ``stop_on_signal`` with a SIGTERM arriving during the 2nd training step, check that
+    the step is checkpointed and the run stops, then resume to the end; returns the final checkpoint."""
+    work, out = tmp_path / "work-stopped", tmp_path / "out-stopped"
+    cfg = {**cfg, "checkpoint_every": 1000}  # only the stop saves before the end
+    original = getattr(module, loss_name)
+    calls = []
+
+    def signalled(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        if sum(calls) == 2 and calls[-1]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, loss_name, signalled)
+    with stop_on_signal(), pytest.raises(UserError, match="stopped by SIGTERM after step 2.*--resume"):
+        module.train(cfg, out_dir=str(out), work_dir=str(work))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the context
+    assert load_checkpoint(work)["step"] == 2 and not out.exists()
+    monkeypatch.setattr(module, loss_name, original)
+    module.train(cfg, resume=True, out_dir=str(out), work_dir=str(work))
+    return load_checkpoint(work)
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -170,6 +197,14 @@ def test_masked_resume_after_nan_equals_uninterrupted(masked_run, tmp_path, monk
     _assert_same_state(resumed["ema"], straight["ema"])
 
 
+def test_masked_stopped_by_sigterm_checkpoints_and_resumes_exactly(masked_run, tmp_path, monkeypatch):
+    root, cfg = masked_run
+    resumed = _stopped_then_resumed(masked, "masked_loss", cfg, tmp_path, monkeypatch)
+    straight = load_checkpoint(root / "work")
+    _assert_same_state(resumed["model"], straight["model"])
+    _assert_same_state(resumed["ema"], straight["ema"])
+
+
 def test_masked_export_is_an_amused_pipeline_loaded_in_a_fresh_process(masked_run):
     root, cfg = masked_run
     out = root / "out"
@@ -226,6 +261,42 @@ def test_autoregressive_resume_after_nan_equals_uninterrupted(ar_run, tmp_path, 
     straight = load_checkpoint(root / "work")
     _assert_same_state(resumed["model"], straight["model"])
     _assert_same_state(resumed["optimizer"]["state"][0], straight["optimizer"]["state"][0])
+
+
+def test_vq_stopped_by_sigterm_checkpoints_and_resumes_exactly(vq_run, tmp_path, monkeypatch):
+    root, cfg = vq_run
+    resumed = _stopped_then_resumed(vq, "vq_loss", cfg, tmp_path, monkeypatch)
+    _assert_same_state(resumed["model"], load_checkpoint(root / "work")["model"])
+
+
+def test_zoo_train_cli_checkpoints_and_stops_on_sigterm(tmp_path):
+    """A real SIGTERM from outside, as a session's end sends it, to ``python -m evalkit.zoo train``."""
+    import yaml
+
+    cfg = {
+        **load_config("vq"),
+        **RUN,
+        "model": dict(TINY_VQ),
+        "steps": 10**6,
+        "checkpoint_every": 10**6,
+        "eval_every": 0,
+    }
+    (tmp_path / "vq.yaml").write_text(yaml.safe_dump(cfg))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "evalkit.zoo", "train", "vq", "--config", str(tmp_path / "vq.yaml"),
+           "--work", str(work), "--out", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = work / "log.jsonl"
+    for _ in range(600):  # until it logs its 5th step
+        if log.is_file() and len(log.read_text().splitlines()) >= 5 or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    step = load_checkpoint(work)["step"]
+    assert f"stopped by SIGTERM after step {step}, saved in {work}: continue with --resume" in err
+    assert step >= 5 and json.loads(log.read_text().splitlines()[-1])["step"] <= step
 
 
 def test_token_training_logs_unweighted_losses_on_held_out_and_seen_samples(ar_run, text_dir):

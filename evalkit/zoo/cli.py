@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bars":
         return _bars(args)
-    from .common import load_config
+    from .common import load_config, stop_on_signal
 
     try:
         mod = importlib.import_module(MODELS[args.name])
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.name, args.config)
             if args.steps is not None:
                 cfg["steps"] = args.steps
-            mod.train(cfg, resume=args.resume, out_dir=args.out, work_dir=args.work)
+            with stop_on_signal():  # SIGTERM / Ctrl-C: checkpoint the step under way, then stop
+                mod.train(cfg, resume=args.resume, out_dir=args.out, work_dir=args.work)
         else:
             mod.evaluate_cli(args)
     except UserError as err:

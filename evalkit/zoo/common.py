@@ -9,7 +9,10 @@ import json
 import math
 import os
 import random
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,43 @@ def save_checkpoint(work: Path, state: dict[str, Any]) -> None:
     tmp = work / "ckpt.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, work / "ckpt.pt")
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # signals caught by ``stop_on_signal`` that the training loop has not yet acted on
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """Within: SIGTERM or Ctrl-C lets the step under way finish, checkpoints it and stops the run (see
+    ``checkpoint_due``), so a session's end or a ``kill`` loses no step; a second signal stops at once."""
+    previous = {}
+
+    def handle(signum, frame):
+        if _received:
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+        _received.append(signum)
+
+    previous = {s: signal.signal(s, handle) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _received.clear()
+
+
+def checkpoint_due(done: int, last: int, cfg: dict[str, Any]) -> bool:
+    """After step ``done`` of a run ending at ``last``: every ``checkpoint_every`` steps, at the end, and
+    when a stop was asked for (then ``stop_if_asked`` follows the save)."""
+    return done % cfg["checkpoint_every"] == 0 or done == last or bool(_received)
+
+
+def stop_if_asked(work: Path, done: int) -> None:
+    if _received:
+        name = signal.Signals(_received[0]).name
+        raise UserError(f"stopped by {name} after step {done}, saved in {work}: continue with --resume")
 
 
 def load_checkpoint(work: Path) -> dict[str, Any] | None:

@@ -43,6 +43,7 @@ from .common import (
     cache_rows,
     cached_tensors,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     fingerprint,
@@ -56,6 +57,7 @@ from .common import (
     set_lr,
     step_generator,
     step_rng,
+    stop_if_asked,
     write_meta,
 )
 from .textenc import load_text_encoder, token_ids
@@ -323,9 +325,10 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                 wall_s_per_step=round((now - t_last) / cfg["log_every"], 3),
             )
             t_last = now
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"model": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                                    "step": done, "cpu_s": log.cpu_seconds(), "frozen": ids, "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             ema_unet = ema.copy_of(unet)
             figs = oracle_figures(_pipeline(vae, text_encoder, tok, ema_unet, sched, cfg), n=cfg["eval_n_during"],

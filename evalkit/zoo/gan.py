@@ -39,6 +39,7 @@ from .common import (
     batch_samples,
     cache_rows,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     fingerprint,
@@ -51,6 +52,7 @@ from .common import (
     save_checkpoint,
     step_generator,
     step_rng,
+    stop_if_asked,
     write_meta,
 )
 from .gan_pipeline import GANDiscriminator, GANGenerator, GANPipeline, encode_text
@@ -305,11 +307,12 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
                       d_mis=round(out_mis.mean().item(), 3), gp=round(last_gp, 4), con_d=round(loss_dc.item(), 4),
                       con_g=round(loss_gc.item(), 4), lr_g=lr_g, it_s=round((done - s_last) / (now - t_last), 3))  # fmt: skip
             t_last, s_last = now, done
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"generator": g.state_dict(), "discriminator": d.state_dict(),
                                    "generator_ema": ema.state_dict(), "optimizer_g": opt_g.state_dict(),
                                    "optimizer_d": opt_d.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             pipe = GANPipeline(generator=ema.copy_of(g), text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
             pipe.set_progress_bar_config(disable=True)

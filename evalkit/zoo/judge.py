@@ -37,6 +37,7 @@ from .common import (
     adamw,
     batch_samples,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     images_to_tensor,
@@ -46,6 +47,7 @@ from .common import (
     set_lr,
     step_generator,
     step_rng,
+    stop_if_asked,
     write_meta,
 )
 
@@ -194,9 +196,10 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         if done % cfg["log_every"] == 0:
             log.write(step=done, loss=round(loss.item(), 4), clip=round(loss_clip.item(), 4),
                       hard=round(loss_hard.item(), 4), rel=round(loss_rel.item(), 4), sep=round(loss_sep.item(), 4), lr=lr, scale=round(scale.item(), 2))  # fmt: skip
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                    "cpu_s": log.cpu_seconds(), "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if done % cfg["eval_every"] == 0 and done < steps:
             model.eval()
             figs = zero_shot(model, tokenizer, n=200, image_size=cfg["image_size"])

@@ -38,6 +38,7 @@ from .common import (
     cache_rows,
     cached_tensors,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     fingerprint,
@@ -52,6 +53,7 @@ from .common import (
     set_lr,
     step_generator,
     step_rng,
+    stop_if_asked,
     write_meta,
 )
 from .textenc import load_text_encoder
@@ -311,10 +313,11 @@ def train_on_tokens(
         done = step + 1
         if done % cfg["log_every"] == 0:
             log.write(step=done, loss=round(loss.item(), 4), lr=lr)
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"model": transformer.state_dict(), "ema": ema.state_dict(),
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             averaged = ema.copy_of(transformer)
             pipe = kind.pipeline(vq, tokenizer, text_encoder, averaged)

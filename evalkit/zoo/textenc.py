@@ -35,6 +35,7 @@ from .common import (
     adamw,
     batch_samples,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     images_to_tensor,
@@ -43,6 +44,7 @@ from .common import (
     save_checkpoint,
     set_lr,
     step_rng,
+    stop_if_asked,
     write_meta,
 )
 from .tokenizer import build_tokenizer, load_tokenizer
@@ -190,9 +192,10 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
         if done % cfg["log_every"] == 0:
             log.write(step=done, loss=round(loss.item(), 4), clip=round(clip.item(), 4), hard=round(hard.item(), 4),
                       lr=lr, scale=round(scale.item(), 2))  # fmt: skip
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"model": pair.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                    "cpu_s": log.cpu_seconds(), "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             figs = zero_shot(pair, tok, n=200, image_size=cfg["image_size"])
             log.write(step=done, eval=figs)

@@ -31,6 +31,7 @@ from .common import (
     TrainLog,
     batch_samples,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     images_to_tensor,
@@ -39,6 +40,7 @@ from .common import (
     save_checkpoint,
     set_lr,
     step_generator,
+    stop_if_asked,
     write_meta,
 )
 
@@ -172,9 +174,10 @@ def _train_steps(
         done = step + 1
         if done % cfg["log_every"] == 0:
             log.write(step=done, lr=lr, **{k: round(v.item(), 5) for k, v in parts.items()})
-        if done % cfg["checkpoint_every"] == 0 or done == end:
+        if checkpoint_due(done, end, cfg):
             save_checkpoint(work, {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": done,
                                    "cpu_s": log.cpu_seconds(), "extensions": extensions, "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < end:
             figs = reconstruction_figures(vae, n=cfg.get("eval_n_during", 100), image_size=cfg["image_size"])
             log.write(step=done, eval=figs)

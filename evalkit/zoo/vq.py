@@ -38,6 +38,7 @@ from .common import (
     TrainLog,
     batch_samples,
     check_finite,
+    checkpoint_due,
     cosine_lr,
     dirs,
     foreground_weights,
@@ -47,6 +48,7 @@ from .common import (
     save_checkpoint,
     set_lr,
     step_generator,
+    stop_if_asked,
     write_meta,
 )
 
@@ -264,10 +266,11 @@ def train(cfg: dict[str, Any], resume: bool = False, out_dir: str | None = None,
             log.write(step=done, loss=round(loss.item(), 5), **{k: round(v, 5) for k, v in parts.items()},
                       lr=lr, codes_used=used, restarted=restarted)  # fmt: skip
             usage.zero_()
-        if done % cfg["checkpoint_every"] == 0 or done == steps:
+        if checkpoint_due(done, steps, cfg):
             save_checkpoint(work, {"model": vq.state_dict(), "codebook": codebook.state_dict(),
                                    "optimizer": opt.state_dict(), "step": done, "cpu_s": log.cpu_seconds(),
                                    "config": cfg})  # fmt: skip
+            stop_if_asked(work, done)
         if cfg.get("eval_every") and done % cfg["eval_every"] == 0 and done < steps:
             vq.eval()
             figs = reconstruction_figures(vq, n=cfg.get("eval_every_n", 200), image_size=size)
