@@ -128,6 +128,9 @@ def _stopped_then_resumed(module, loss_name: str, cfg: dict, tmp_path, monkeypat
     return load_checkpoint(work)
 
 
+INTERRUPTIONS = {"nan": _interrupted_then_resumed, "sigterm": _stopped_then_resumed}
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -159,9 +162,10 @@ def test_vq_exports_a_vqmodel_that_tokenizes_renders(vq_run):
     assert figs["n"] == 4 and 0 <= figs["oracle_full_scene"] <= 1 and figs["codes_used"] >= 1
 
 
-def test_vq_resume_after_nan_equals_uninterrupted(vq_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("interruption", ["nan", "sigterm"])
+def test_vq_interrupted_then_resumed_equals_uninterrupted(interruption, vq_run, tmp_path, monkeypatch):
     root, cfg = vq_run
-    resumed = _interrupted_then_resumed(vq, "vq_loss", cfg, tmp_path, monkeypatch)
+    resumed = INTERRUPTIONS[interruption](vq, "vq_loss", cfg, tmp_path, monkeypatch)
     straight = load_checkpoint(root / "work")
     _assert_same_state(resumed["model"], straight["model"])
     for key in ("cluster_size", "embed_sum"):
@@ -189,17 +193,10 @@ def masked_run(vq_run, text_dir, tmp_path_factory):
     return root, cfg
 
 
-def test_masked_resume_after_nan_equals_uninterrupted(masked_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("interruption", ["nan", "sigterm"])
+def test_masked_interrupted_then_resumed_equals_uninterrupted(interruption, masked_run, tmp_path, monkeypatch):
     root, cfg = masked_run
-    resumed = _interrupted_then_resumed(masked, "masked_loss", cfg, tmp_path, monkeypatch)
-    straight = load_checkpoint(root / "work")
-    _assert_same_state(resumed["model"], straight["model"])
-    _assert_same_state(resumed["ema"], straight["ema"])
-
-
-def test_masked_stopped_by_sigterm_checkpoints_and_resumes_exactly(masked_run, tmp_path, monkeypatch):
-    root, cfg = masked_run
-    resumed = _stopped_then_resumed(masked, "masked_loss", cfg, tmp_path, monkeypatch)
+    resumed = INTERRUPTIONS[interruption](masked, "masked_loss", cfg, tmp_path, monkeypatch)
     straight = load_checkpoint(root / "work")
     _assert_same_state(resumed["model"], straight["model"])
     _assert_same_state(resumed["ema"], straight["ema"])
@@ -255,18 +252,13 @@ def ar_run(vq_run, text_dir, tmp_path_factory):
     return root, cfg
 
 
-def test_autoregressive_resume_after_nan_equals_uninterrupted(ar_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("interruption", ["nan", "sigterm"])
+def test_autoregressive_interrupted_then_resumed_equals_uninterrupted(interruption, ar_run, tmp_path, monkeypatch):
     root, cfg = ar_run
-    resumed = _interrupted_then_resumed(autoregressive, "next_token_loss", cfg, tmp_path, monkeypatch)
+    resumed = INTERRUPTIONS[interruption](autoregressive, "next_token_loss", cfg, tmp_path, monkeypatch)
     straight = load_checkpoint(root / "work")
     _assert_same_state(resumed["model"], straight["model"])
     _assert_same_state(resumed["optimizer"]["state"][0], straight["optimizer"]["state"][0])
-
-
-def test_vq_stopped_by_sigterm_checkpoints_and_resumes_exactly(vq_run, tmp_path, monkeypatch):
-    root, cfg = vq_run
-    resumed = _stopped_then_resumed(vq, "vq_loss", cfg, tmp_path, monkeypatch)
-    _assert_same_state(resumed["model"], load_checkpoint(root / "work")["model"])
 
 
 def test_zoo_train_cli_checkpoints_and_stops_on_sigterm(tmp_path):
