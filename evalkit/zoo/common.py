@@ -209,7 +209,6 @@ _received: list[int] = []  # signals caught by ``stop_on_signal`` that the train
 def stop_on_signal() -> Iterator[None]:
     """Within: SIGTERM or Ctrl-C lets the step under way finish, checkpoints it and stops the run (see
     ``checkpoint_due``), so a session's end or a ``kill`` loses no step; a second signal stops at once."""
-    previous = {}
 
     def handle(signum, frame):
         if _received:
