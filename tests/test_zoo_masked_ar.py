@@ -419,11 +419,19 @@ def test_token_cache_holds_what_rendering_gives(text_dir, tmp_path):
     assert torch.equal(tokens, fresh_tokens[rows]) and torch.equal(weights, 1 + 4.0 * fresh_mask[rows].float())
 
 
-def test_bf16_precision_runs_the_losses_in_bfloat16_close_to_fp32(text_dir):
+def test_bf16_precision_runs_the_losses_in_bfloat16_close_to_fp32(text_dir, monkeypatch):
     """``precision: bf16`` (the recipes' setting) autocasts the matrix products: the losses move off their
-    float32 values, but by less than bfloat16's rounding would allow to matter; a typo is refused."""
-    from evalkit.zoo.common import autocast
+    float32 values, but by less than bfloat16's rounding would allow to matter; a typo is refused; a CPU
+    without native bfloat16 trains in float32 instead of emulating it."""
+    from evalkit.zoo import common
+    from evalkit.zoo.common import autocast, resolved_precision
 
+    monkeypatch.setattr(common, "native_bf16", lambda: False)
+    assert resolved_precision({"precision": "bf16"}) == "fp32"
+    with autocast({"precision": "bf16"}):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(common, "native_bf16", lambda: True)
+    assert resolved_precision({"precision": "bf16"}) == "bf16"
     torch.manual_seed(0)
     vqm = vq.build_vq(TINY_VQ).eval()
     tok, te = masked.load_text(text_dir)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bars":
         return _bars(args)
-    from .common import load_config, stop_on_signal
+    from .common import load_config, resolved_precision, stop_on_signal
 
     try:
         mod = importlib.import_module(MODELS[args.name])
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.name, args.config)
             if args.steps is not None:
                 cfg["steps"] = args.steps
+            if cfg.get("precision") == "bf16" and resolved_precision(cfg) == "fp32":
+                print("note: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32", file=sys.stderr)
             with stop_on_signal():  # SIGTERM / Ctrl-C: checkpoint the step under way, then stop
                 mod.train(cfg, resume=args.resume, out_dir=args.out, work_dir=args.work)
         else:
