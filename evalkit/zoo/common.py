@@ -4,6 +4,7 @@ the step (so resuming is exact), checkpoints, a JSONL loss log and a cosine LR s
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -306,6 +307,7 @@ def write_meta(out: Path, meta: dict[str, Any]) -> None:
 PRECISIONS = ("fp32", "bf16")
 
 
+@functools.cache  # asked once: autocast(cfg) resolves the precision at every step
 def native_bf16() -> bool:
     """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 / AMX) for oneDNN: without them bfloat16
     is emulated, and an autoregressive step took 30 s instead of 0.4-0.7 s (session 20, an AVX2-only EPYC)."""
