@@ -12,15 +12,21 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from evalkit.errors import UserError
 
 from .config import add_train_args, config_from_args
 
 
-def run_guarded(fn: Callable[[], object]) -> int:
+def run_guarded(fn: Callable[[], object], training: bool = False) -> int:
+    """Run ``fn`` with a user's errors as one line; a ``training`` run stops on SIGTERM or Ctrl-C after
+    checkpointing the step under way (a second signal stops at once)."""
+    from evalkit.zoo.common import stop_on_signal
+
     try:
-        fn()
+        with stop_on_signal() if training else nullcontext():
+            fn()
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -116,4 +122,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: args.func(args))
+    return run_guarded(lambda: args.func(args), training=args.command in ("train", "benchmark"))

@@ -78,4 +78,4 @@ def main(argv: list[str] | None = None) -> TrainResult:
 if __name__ == "__main__":
     from .cli import run_guarded
 
-    raise SystemExit(run_guarded(lambda: main()))
+    raise SystemExit(run_guarded(main, training=True))

@@ -8,7 +8,8 @@ Exact resume: batches, noise and timesteps are functions of (seed, step) alone, 
 holds the trainable tensors and the optimizer state, so a run stopped anywhere and resumed ends
 with the weights an uninterrupted run reaches. A checkpoint is written at the start of a step, once
 the weights it holds have just produced a finite loss: a NaN or inf loss stops the run with a clear
-message, and the checkpoint on disk is always a good one.
+message, and the checkpoint on disk is always a good one. Under ``evalkit.zoo.common.stop_on_signal`` (the
+CLI), SIGTERM or Ctrl-C lets the step under way finish, checkpoints it and stops the run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 
 from evalkit.errors import UserError
 from evalkit.utils import progress
-from evalkit.zoo.common import TrainLog, check_finite, cosine_lr, set_lr
+from evalkit.zoo.common import TrainLog, check_finite, cosine_lr, set_lr, stop_if_asked, stop_requested
 
 from .base import BaseModel, load_base, quiet_diffusers, sample, warn_long_prompts
 from .config import METHOD_NAMES, TrainConfig, read_prior_prompts
@@ -134,6 +135,12 @@ def _nan_message(err: UserError, run: RunFolder, good_step: int | None) -> str:
     return f"{str(err).split(';')[0]}: training stopped; {kept}"
 
 
+def _check_weights(trainable: Trainable, run: RunFolder, good_step: int | None) -> None:
+    bad = [n for n, p in trainable.params.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(_nan_message(UserError(f"weights became non-finite ({bad[0]})"), run, good_step))
+
+
 def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, trainable: Trainable,
         callback: Callback | None = None) -> TrainResult:  # fmt: skip
     """Train ``trainable`` for ``cfg.steps`` steps (from the last checkpoint when resuming)."""
@@ -196,10 +203,12 @@ def fit(cfg: TrainConfig, run: RunFolder, base: BaseModel, data: TrainingData, t
             folder = validation_samples(run, f"step-{done:06d}", cfg, base)
             if callback:
                 callback({"step": done, "total": cfg.steps, "samples": str(folder)})
+        if stop_requested() and done < cfg.steps:  # SIGTERM / Ctrl-C under stop_on_signal: keep this step
+            _check_weights(trainable, run, good_step)
+            checkpoint(done)
+            stop_if_asked(run.checkpoints, done)
     seconds = wall + time.time() - t0
-    bad = [n for n, p in trainable.params.items() if not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(_nan_message(UserError(f"weights became non-finite ({bad[0]})"), run, good_step))
+    _check_weights(trainable, run, good_step)
     if start < cfg.steps or not (run.checkpoints / "ckpt.pt").is_file():
         checkpoint(cfg.steps)
     weights = trainable.save_weights(run.path)

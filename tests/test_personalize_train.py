@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from evalkit.errors import UserError
+from evalkit.zoo.common import stop_on_signal
 from personalize import training
 from personalize.config import TrainConfig
 from personalize.subjects import HOUSEMARK
@@ -135,6 +140,47 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_sd_dir, tmp_p
     for f in ("000.png", "001.png"):
         assert np.array_equal(np.asarray(Image.open(Path(straight.out) / "samples/final" / f)),
                               np.asarray(Image.open(run / "samples/final" / f)))  # fmt: skip
+
+
+def test_sigterm_checkpoints_the_step_under_way_and_resumes_to_the_same_weights(tiny_sd_dir, tmp_path):
+    straight = config(tiny_sd_dir, tmp_path, "lora", "straight", steps=5, checkpoint_every=100)
+    train(straight)
+
+    def sigterm_in_step_3(event):
+        if event.get("step") == 3 and "loss" in event:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the step's reporting; the step is done
+
+    stopped = config(tiny_sd_dir, tmp_path, "lora", "stopped", steps=5, checkpoint_every=100)
+    with stop_on_signal(), pytest.raises(UserError, match=r"stopped by SIGTERM after step 3, saved in .*checkpoints"):
+        train(stopped, callback=sigterm_in_step_3)
+    run = Path(stopped.out)
+    assert torch.load(run / "checkpoints" / "ckpt.pt", weights_only=False)["step"] == 3  # not the step-0 one
+    assert not (run / "pytorch_lora_weights.safetensors").exists()
+    stopped.resume = True
+    train(stopped)
+    a, b = weights_of(Path(straight.out), "lora"), weights_of(run, "lora")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_the_train_command_stops_on_sigterm_with_a_one_line_message(tiny_sd_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "personalize", "train", "--method", "ti", "--images", str(HOUSEMARK.folder),
+           "--model", str(tiny_sd_dir), "--out", str(out), "--steps", "100000", "--batch-size", "1",
+           "--validation-every", "0", "--sample-steps", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and '"step": 2' in log.read_text()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-2000:]
+    message = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: stopped by SIGTERM after step (\d+), saved in .*: continue with --resume", message)
+    step = int(re.search(r"step (\d+)", message).group(1))
+    assert torch.load(out / "checkpoints" / "ckpt.pt", weights_only=False)["step"] == step >= 2
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_sd_dir, tmp_path, monkeypatch):

@@ -226,14 +226,19 @@ def stop_on_signal() -> Iterator[None]:
         _received.clear()
 
 
+def stop_requested() -> bool:
+    """Whether a signal caught by ``stop_on_signal`` waits for the loop to save and stop."""
+    return bool(_received)
+
+
 def checkpoint_due(done: int, last: int, cfg: dict[str, Any]) -> bool:
     """After step ``done`` of a run ending at ``last``: every ``checkpoint_every`` steps, at the end, and
     when a stop was asked for (then ``stop_if_asked`` follows the save)."""
-    return done % cfg["checkpoint_every"] == 0 or done == last or bool(_received)
+    return done % cfg["checkpoint_every"] == 0 or done == last or stop_requested()
 
 
 def stop_if_asked(work: Path, done: int) -> None:
-    if _received:
+    if stop_requested():
         name = signal.Signals(_received[0]).name
         raise UserError(f"stopped by {name} after step {done}, saved in {work}: continue with --resume")
 
