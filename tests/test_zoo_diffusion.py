@@ -1,7 +1,7 @@
-"""The zoo's reduced CLIP tokenizer, shared text encoder and diffusion generator (VAE + UNet):
+"""The zoo's reduced CLIP tokenizer, shared text encoder, judge CLIP and diffusion generator (VAE + UNet):
 tokenizer properties, 3-step training smokes of each stage with tiny configs, exact resume, a NaN
-loss stopping with the last checkpoint kept, and the exported StableDiffusionPipeline loading in a
-fresh process and generating deterministically."""
+loss stopping with the last checkpoint kept, and the exported StableDiffusionPipeline and judge loading
+in a fresh process (diffusers' and open_clip's own loaders)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from evalkit.errors import UserError
 from evalkit.shapes.world import SIZES, sample
-from evalkit.zoo import diffusion, textenc
+from evalkit.zoo import diffusion, judge, textenc
 from evalkit.zoo import vae as vae_stage
 from evalkit.zoo.cli import MODELS
 from evalkit.zoo.common import load_checkpoint, load_config, stop_on_signal
@@ -37,6 +37,14 @@ VAE_CFG = {
     "kl_weight": 1e-4, "log_every": 1, "checkpoint_every": 1, "eval_every": 0, "eval_n": 4, "scale_n": 8,
     "oracle_target": 0.0, "model": {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4,
                                     "norm_num_groups": 4, "mid_block_attention": False},
+}  # fmt: skip
+JUDGE_CFG = {
+    "seed": 0, "image_size": 32, "steps": 3, "batch_size": 8, "lr": 1e-3, "warmup": 1, "weight_decay": 0.1,
+    "hard_negative_weight": 1.0, "relation_negative_rate": 0.5, "relation_loss_weight": 1.0,
+    "relation_separation_weight": 10.0, "relation_separation_margin": 0.8, "log_every": 1, "checkpoint_every": 1,
+    "eval_every": 1000, "eval_n": 4,
+    "model": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
 }  # fmt: skip
 DIFF_CFG = {
     "seed": 0, "image_size": 32, "steps": 3, "batch_size": 4, "lr": 1e-3, "warmup": 1, "weight_decay": 0.0,
@@ -174,12 +182,13 @@ def _sigterm_at(module, at_step: int, monkeypatch):
 
 
 @pytest.mark.parametrize("stop", ["killed", "sigterm"])
-@pytest.mark.parametrize("stage", ["text-encoder", "diffusion-vae", "diffusion"])
+@pytest.mark.parametrize("stage", ["text-encoder", "judge", "diffusion-vae", "diffusion"])
 def test_resume_is_exact(stage, stop, stages, tmp_path, monkeypatch):
     """Killed after its step-2 checkpoint, or sent SIGTERM during step 2 with no checkpoint due (the stop
     saves one), a run resumes to the uninterrupted run's weights."""
     module, cfg = {
         "text-encoder": (textenc, TEXT_CFG),
+        "judge": (judge, JUDGE_CFG),
         "diffusion-vae": (vae_stage, VAE_CFG),
         "diffusion": (diffusion, dict(DIFF_CFG, vae_dir=str(stages / "vae"), text_encoder_dir=str(stages / "te"))),
     }[stage]
@@ -290,6 +299,35 @@ def test_pipeline_loads_in_fresh_process_and_is_deterministic(stages):
 
     params = load(f"dir:{out}", cache=False).resolve_params()
     assert params["steps"] == 2 and params["guidance"] == 3.0
+
+
+_FRESH_JUDGE = r"""
+import json, sys, open_clip, torch
+d = sys.argv[1]
+open_clip.add_model_config(d + "/shapes-judge.json")
+model, _, preprocess = open_clip.create_model_and_transforms("shapes-judge", pretrained=d + "/open_clip_model.safetensors")
+model.eval()
+with torch.no_grad():
+    text = model.encode_text(open_clip.get_tokenizer("shapes-judge")(["two rings on a white background"]))
+print(json.dumps({"text": text[0].tolist(), "image_size": model.visual.image_size, "dtype": str(text.dtype)}))
+"""
+
+
+def test_judge_export_loads_with_open_clip_in_a_fresh_process(tmp_path):
+    out = tmp_path / "judge"
+    judge.train(dict(JUDGE_CFG), out_dir=str(out), work_dir=str(tmp_path / "work"))
+    assert {f.name for f in out.iterdir()} >= {"shapes-judge.json", "open_clip_model.safetensors", "meta.json"}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["steps"] == 3 and set(meta["zero_shot_test"]) >= {"color", "shape", "background"}
+    proc = subprocess.run([sys.executable, "-c", _FRESH_JUDGE, str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fresh["image_size"] == 32 and fresh["dtype"] == "torch.float32"
+    model, _, tokenizer = judge.load(out)
+    with torch.no_grad():
+        here = model.encode_text(tokenizer(["two rings on a white background"]))[0]
+    torch.testing.assert_close(torch.tensor(fresh["text"]), here, rtol=0, atol=1e-6)
 
 
 def test_loss_weights_keep_high_noise_and_clamp_low_noise():
